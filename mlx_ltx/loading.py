@@ -98,16 +98,56 @@ def read_safetensors_header(path: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
 
 
+CONVERTED_CONFIG = "config.json"
+CONVERTED_FORMAT = "mlx_ltx"
+
+
 class Checkpoint:
-    """One official single-file checkpoint (or an upsampler file): metadata and key index,
-    read from the header; tensors are opened per component and never all at once."""
+    """An official single-file checkpoint, an upsampler file, or a folder written by
+    ``convert.py``: metadata and key index, read from the headers; tensors are opened per
+    component and never all at once.
+
+    A converted folder keeps the official key names (split over one or more files per
+    component) and a ``config.json`` holding the source's metadata, so everything downstream
+    treats both forms alike."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        header = read_safetensors_header(self.path)
-        self.metadata: dict[str, Any] = parse_metadata(header.pop("__metadata__", None))
-        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(v["shape"]) for k, v in header.items()}
-        self.dtypes: dict[str, str] = {k: v["dtype"] for k, v in header.items()}
+        self.quantization: dict[str, Any] | None = None
+        self.files: dict[str, str] = {}  # checkpoint key -> file holding it
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
+        if os.path.isdir(self.path):
+            self._open_folder()
+        else:
+            self.metadata: dict[str, Any] = self._index(self.path)
+
+    def _index(self, path: str) -> dict[str, Any]:
+        header = read_safetensors_header(path)
+        metadata = parse_metadata(header.pop("__metadata__", None))
+        for k, v in header.items():
+            if k in self.files:
+                raise CheckpointError(f"{path}: tensor {k!r} is also in {self.files[k]}")
+            self.files[k] = path
+            self.shapes[k] = tuple(v["shape"])
+            self.dtypes[k] = v["dtype"]
+        return metadata
+
+    def _open_folder(self) -> None:
+        cfg_path = os.path.join(self.path, CONVERTED_CONFIG)
+        if not os.path.isfile(cfg_path):
+            raise CheckpointError(f"{self.path}: a folder without {CONVERTED_CONFIG}; expected a folder written by "
+                                  f"convert.py or an official .safetensors file")
+        with open(cfg_path) as f:
+            info = json.load(f)
+        if info.get("format") != CONVERTED_FORMAT:
+            raise CheckpointError(f"{cfg_path}: not an mlx_ltx model folder (format={info.get('format')!r})")
+        self.info = info
+        self.metadata = info["metadata"]
+        self.quantization = info.get("quantization")
+        for files in info["components"].values():
+            for name in files:
+                self._index(os.path.join(self.path, name))
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {len(self.shapes)} tensors)"
@@ -140,10 +180,32 @@ class Checkpoint:
         """Lazily opened tensors of one component, renamed to module keys, and the map back
         to the checkpoint keys (for error messages)."""
         names = self.component_keys(component)
-        if not names:
-            return {}, {}
-        arrays = mx.load(self.path)  # lazy: unselected tensors are dropped unread
-        return {new: arrays[old] for new, old in names.items()}, names
+        opened: dict[str, dict[str, mx.array]] = {}
+        weights = {}
+        for new, old in names.items():
+            path = self.files[old]
+            if path not in opened:
+                opened[path] = mx.load(path)  # lazy: unselected tensors are dropped unread
+            weights[new] = opened[path][old]
+        return weights, names
+
+
+def resolve_model_path(spec: str | os.PathLike) -> str:
+    """A local file or folder as it is; otherwise a Hugging Face repo id of a converted folder,
+    fetched (or found in the HF cache, which offline mode uses) with huggingface-hub."""
+    spec = os.fspath(spec)
+    if os.path.exists(spec):
+        return spec
+    if spec.count("/") != 1 or spec.endswith(".safetensors"):
+        raise CheckpointError(f"model not found: {spec} (give an official .safetensors file, a folder made by "
+                              f"convert.py, or the Hugging Face repo id of such a folder)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "text_encoder/*"])
+    except Exception as e:  # network, auth, missing repo: say which and what to do
+        raise CheckpointError(f"could not fetch {spec!r} from Hugging Face ({type(e).__name__}: {e}); "
+                              f"pass a local path instead") from None
 
 
 def _is_float(a: mx.array) -> bool:
@@ -157,6 +219,7 @@ def load_strict(
     source: str,
     origin: Callable[[str], str] | None = None,
     dtype: mx.Dtype | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load ``weights`` (module keys, reference layouts) into ``module`` with exact checks.
     ``origin`` maps a module key to the checkpoint key it came (or should come) from.
@@ -168,6 +231,14 @@ def load_strict(
     """
     sanitize: Callable[[str, mx.array], mx.array] | None = getattr(module, "sanitize", None)
     keep32 = set(getattr(module, "keep_float32_keys", ()))
+    quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
+    if quantized:
+        # as mlx-lm: exactly the layers stored with scales are quantized, with the recorded settings
+        if not quantization:
+            raise CheckpointError(f"{source}: quantized tensors (e.g. {sorted(quantized)[0]!r}.scales) but no "
+                                  f"quantization settings in the model's config.json")
+        nn.quantize(module, group_size=quantization["group_size"], bits=quantization["bits"],
+                    mode=quantization.get("mode", "affine"), class_predicate=lambda p, m: p in quantized)
     expected = dict(tree_flatten(module.parameters()))
 
     def name(k: str) -> str:
@@ -184,7 +255,8 @@ def load_strict(
             mis_shaped.append(f"{name(k)}: checkpoint {tuple(weights[k].shape)}, model expects "
                               f"{tuple(expected[k].shape)}")
             continue
-        if _is_float(v):
+        layer, leaf = k.rsplit(".", 1) if "." in k else ("", k)
+        if _is_float(v) and not (layer in quantized and leaf in ("scales", "biases")):
             if k in keep32 or v.ndim == 0:
                 v = v.astype(mx.float32)
             elif dtype is not None:
@@ -218,5 +290,5 @@ def load_component(
             f"{checkpoint.path}: the {component} is missing: none of its {len(expected)} tensors is there "
             f"(keys starting with {[src for src, _ in ops.renames]}, e.g. {expected[:3]})"
         )
-    return load_strict(module, weights, source=checkpoint.path, dtype=dtype,
+    return load_strict(module, weights, source=checkpoint.path, dtype=dtype, quantization=checkpoint.quantization,
                        origin=lambda k: origin.get(k) or ops.source_key(k))

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Convert the official LTX release (Hugging Face ``Lightricks/LTX-2.3`` or ``Lightricks/LTX-2``, a
+local copy of it, or one local .safetensors) into an MLX model folder. Thin CLI over
+``mlx_ltx.convert``.
+
+    python convert.py --source Lightricks/LTX-2.3 --variant dev --out ltx-2.3-dev-mlx --quantize q8
+"""
+
+import argparse
+import sys
+
+from mlx_ltx.convert import DEFAULT_SHARD_BYTES, DTYPES, QUANT_BITS, UPSAMPLER_PATTERNS, ConvertError, convert
+from mlx_ltx.loading import CheckpointError
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True, help="HF repo id, local folder of the release, or a .safetensors file")
+    p.add_argument("--variant", required=True, choices=("dev", "distilled"))
+    p.add_argument("--out", required=True, help="output folder (written as OUT.partial, renamed when complete)")
+    p.add_argument("--quantize", choices=sorted(QUANT_BITS), help="quantize the transformer blocks' linear layers")
+    p.add_argument("--group-size", type=int, default=64, help="quantization group size (default 64)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="dtype of the unquantized tensors")
+    p.add_argument("--upsamplers", default="", help=f"comma-separated, from {sorted(UPSAMPLER_PATTERNS)}")
+    p.add_argument("--text-encoder", help="Gemma-3 repo id or folder to convert with mlx-lm "
+                                          "(the reference uses google/gemma-3-12b-it-qat-q4_0-unquantized)")
+    p.add_argument("--text-encoder-quantize", choices=sorted(QUANT_BITS))
+    p.add_argument("--shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 2**30, help="max size of one output file")
+    p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of the source files")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def main(argv=None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    try:
+        convert(args.source, args.variant, args.out, quantize=args.quantize, group_size=args.group_size,
+                dtype=args.dtype, upsamplers=[u for u in args.upsamplers.split(",") if u],
+                text_encoder=args.text_encoder, text_encoder_quantize=args.text_encoder_quantize, force=args.force,
+                shard_bytes=int(args.shard_gb * 2**30), hash_sources=not args.no_hash)
+    except (ConvertError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Convert the official LTX release into an MLX model folder, optionally quantized.
+
+The folder keeps the official key names (so loading needs no second set of rules), split into
+one or more safetensors files per component, and a ``config.json`` with the source metadata,
+the quantization settings and the SHA-256 of every source file. The source is read tensor by
+tensor through lazily mapped arrays and written shard by shard, so peak memory stays near one
+shard plus the largest tensor even for the 46 GB monolith. Everything is written into
+``DIR.partial`` and renamed to ``DIR`` only once complete and re-read.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import mlx.core as mx
+
+from .loading import (COMPONENTS, CONVERTED_CONFIG, CONVERTED_FORMAT, Checkpoint, CheckpointError,
+                      read_safetensors_header)
+
+# file names of the official releases, newest first (HF Lightricks/LTX-2.3 and Lightricks/LTX-2)
+MODEL_FILES = {
+    "dev": ["ltx-2.3-22b-dev.safetensors", "ltx-2-19b-dev.safetensors"],
+    "distilled": ["ltx-2.3-22b-distilled-1.1.safetensors", "ltx-2.3-22b-distilled.safetensors",
+                  "ltx-2-19b-distilled.safetensors"],
+}
+UPSAMPLER_PATTERNS = {
+    "x2": "*spatial-upscaler-x2*.safetensors",
+    "x1.5": "*spatial-upscaler-x1.5*.safetensors",
+    "temporal-x2": "*temporal-upscaler-x2*.safetensors",
+}
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
+QUANT_BITS = {"q8": 8, "q4": 4}
+DEFAULT_SHARD_BYTES = 4 * 2**30
+
+# Linear layers of the transformer blocks that are quantized: attention projections and the
+# feed-forwards hold ~all of the 22B parameters. Norms, adaLN tables and embeddings, gate logits
+# (one output per head), patchify/proj_out and the VAEs stay in full precision.
+_QUANTIZED_LINEAR = re.compile(
+    r"^model\.diffusion_model\.transformer_blocks\.\d+\."
+    r"(attn1|attn2|audio_attn1|audio_attn2|audio_to_video_attn|video_to_audio_attn)\.(to_q|to_k|to_v|to_out\.0)"
+    r"\.weight$"
+    r"|^model\.diffusion_model\.transformer_blocks\.\d+\.(ff|audio_ff)\.net\.(0\.proj|2)\.weight$"
+)
+
+
+class ConvertError(ValueError):
+    """The conversion cannot start or did not complete; nothing was left at the target."""
+
+
+def should_quantize(key: str, shape: tuple[int, ...], group_size: int) -> bool:
+    return bool(_QUANTIZED_LINEAR.match(key)) and len(shape) == 2 and shape[-1] % group_size == 0
+
+
+@dataclass
+class SourceFiles:
+    model: str
+    upsamplers: dict[str, str] = field(default_factory=dict)
+
+
+def _pick(folder: str, names: Iterable[str], what: str) -> str:
+    present = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.safetensors")))
+    for n in names:
+        if n in present:
+            return os.path.join(folder, n)
+    raise ConvertError(f"{folder}: no {what} file; looked for {list(names)}, found {present or 'no .safetensors'}")
+
+
+def resolve_sources(source: str, variant: str, upsamplers: list[str]) -> SourceFiles:
+    """A local .safetensors, a local folder holding the release files, or an HF repo id (only the
+    needed files are downloaded; the HF cache and offline mode are honoured)."""
+    if variant not in MODEL_FILES:
+        raise ConvertError(f"--variant {variant!r}: choose from {sorted(MODEL_FILES)}")
+    for u in upsamplers:
+        if u not in UPSAMPLER_PATTERNS:
+            raise ConvertError(f"--upsamplers {u!r}: choose from {sorted(UPSAMPLER_PATTERNS)}")
+    if os.path.isfile(source):
+        if upsamplers:
+            raise ConvertError("--upsamplers needs --source to be a folder or a Hugging Face repo id, not one file")
+        return SourceFiles(model=source)
+    if not os.path.isdir(source):
+        if source.count("/") != 1:
+            raise ConvertError(f"--source {source!r}: not a file, a folder, or a Hugging Face repo id")
+        from huggingface_hub import snapshot_download
+
+        patterns = MODEL_FILES[variant] + [UPSAMPLER_PATTERNS[u] for u in upsamplers]
+        try:
+            source = snapshot_download(source, allow_patterns=patterns)
+        except Exception as e:
+            raise ConvertError(f"could not fetch {patterns} from {source!r} ({type(e).__name__}: {e})") from None
+    files = SourceFiles(model=_pick(source, MODEL_FILES[variant], f"{variant} model"))
+    for u in upsamplers:
+        found = sorted(glob.glob(os.path.join(source, UPSAMPLER_PATTERNS[u])))
+        if not found:
+            raise ConvertError(f"{source}: no {u} upsampler ({UPSAMPLER_PATTERNS[u]})")
+        files.upsamplers[u] = found[-1]  # the highest version sorts last
+    return files
+
+
+def sha256_file(path: str, chunk: int = 16 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _component_of(key: str) -> str | None:
+    for name, ops in COMPONENTS.items():
+        # the VAE statistics match both VAE halves; they are stored once, with the encoder (first)
+        if name != "upsampler" and ops.apply(key) is not None:
+            return name
+    return None
+
+
+def _out_bytes(shape: tuple[int, ...], dtype_size: int, bits: int | None, group_size: int) -> int:
+    n = math.prod(shape)
+    if bits is None:
+        return n * dtype_size
+    return n * bits // 8 + 2 * (n // group_size) * dtype_size  # packed weights + scales + biases
+
+
+@dataclass
+class Plan:
+    """What will be written: per output file, the source keys in order."""
+
+    files: dict[str, list[str]]
+    bytes: int
+
+
+class _ShardWriter:
+    """Accumulates converted tensors and flushes a shard when it reaches the size limit."""
+
+    def __init__(self, out_dir: str, stem: str, limit: int):
+        self.out_dir, self.stem, self.limit = out_dir, stem, limit
+        self.pending: dict[str, mx.array] = {}
+        self.size = 0
+        self.written: list[str] = []
+
+    def add(self, key: str, value: mx.array) -> None:
+        if self.pending and self.size + value.nbytes > self.limit:
+            self.flush()
+        self.pending[key] = value
+        self.size += value.nbytes
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        name = f"{self.stem}-{len(self.written) + 1:05d}.safetensors"
+        mx.save_safetensors(os.path.join(self.out_dir, name), self.pending)  # evaluates, then we drop them
+        self.written.append(name)
+        self.pending, self.size = {}, 0
+
+
+def convert(
+    source: str,
+    variant: str,
+    out: str,
+    *,
+    quantize: str | None = None,
+    group_size: int = 64,
+    dtype: str = "bfloat16",
+    upsamplers: Iterable[str] = (),
+    text_encoder: str | None = None,
+    text_encoder_quantize: str | None = None,
+    force: bool = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    hash_sources: bool = True,
+    progress: Callable[[str], None] = print,
+) -> str:
+    """Convert; returns the output folder. See ``convert.py --help`` for the options."""
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype {dtype!r}: choose from {sorted(DTYPES)}")
+    if quantize is not None and quantize not in QUANT_BITS:
+        raise ConvertError(f"--quantize {quantize!r}: choose from {sorted(QUANT_BITS)}")
+    if text_encoder_quantize is not None and text_encoder_quantize not in QUANT_BITS:
+        raise ConvertError(f"--text-encoder-quantize {text_encoder_quantize!r}: choose from {sorted(QUANT_BITS)}")
+    out = os.path.abspath(out.rstrip("/"))
+    if os.path.exists(out) and not force:
+        raise ConvertError(f"{out} exists; pass --force to replace it")
+    files = resolve_sources(source, variant, list(upsamplers))
+    src = Checkpoint(files.model)
+    if not isinstance(src.metadata.get("config"), dict):
+        raise ConvertError(f"{files.model}: no LTX 'config' in its metadata; is it an official LTX checkpoint?")
+    src.config  # validates every section before anything is written
+    bits = QUANT_BITS.get(quantize) if quantize else None
+    target = DTYPES[dtype]
+
+    plan_files: dict[str, list[str]] = {}
+    total = 0
+    unknown = []
+    for key in src.shapes:
+        comp = _component_of(key)
+        if comp is None:
+            unknown.append(key)
+            continue
+        plan_files.setdefault(comp, []).append(key)
+        q = bits if bits and should_quantize(key, src.shapes[key], group_size) else None
+        total += _out_bytes(src.shapes[key], target.size, q, group_size)
+    if unknown:
+        raise ConvertError(f"{files.model}: {len(unknown)} tensors belong to no LTX component, e.g. {unknown[:3]}")
+    if bits and not any(should_quantize(k, src.shapes[k], group_size) for k in plan_files.get("transformer", [])):
+        raise ConvertError(f"--quantize {quantize}: no transformer linear layer has an input width divisible by "
+                           f"--group-size {group_size}")
+    for path in files.upsamplers.values():
+        total += sum(math.prod(v["shape"]) * target.size
+                     for k, v in read_safetensors_header(path).items() if k != "__metadata__")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < total * 1.05 + 2**20:
+        raise ConvertError(f"not enough disk space in {parent}: the conversion writes about {total / 1e9:.2f} GB, "
+                           f"{free / 1e9:.2f} GB are free")
+
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)  # a previous interrupted run
+    os.makedirs(partial)
+    try:
+        info = _write(src, files, partial, plan_files, target, bits, group_size, shard_bytes, progress)
+        info["sources"] = [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
+                            "sha256": sha256_file(p) if hash_sources else None}
+                           for p in [files.model, *files.upsamplers.values()]]
+        info["dtype"] = dtype
+        info["variant"] = variant
+        if text_encoder:
+            progress(f"text encoder: {text_encoder}")
+            info["text_encoder"] = _convert_text_encoder(text_encoder, os.path.join(partial, "text_encoder"),
+                                                         dtype, text_encoder_quantize, group_size)
+        with open(os.path.join(partial, CONVERTED_CONFIG), "w") as f:
+            json.dump(info, f, indent=1)
+        _verify(partial, src, info)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    progress(f"wrote {out}")
+    return out
+
+
+def _write(src: Checkpoint, files: SourceFiles, out_dir: str, plan: dict[str, list[str]], target: mx.Dtype,
+           bits: int | None, group_size: int, shard_bytes: int, progress) -> dict:
+    components: dict[str, list[str]] = {}
+    quantized_layers = 0
+    arrays = mx.load(src.path)  # lazy; each tensor is read when its shard is written
+    for comp, keys in plan.items():
+        writer = _ShardWriter(out_dir, comp, shard_bytes)
+        for key in keys:
+            value = arrays.pop(key)  # the dict must not keep a read tensor alive after its shard is written
+            if mx.issubdtype(value.dtype, mx.floating) and value.ndim > 0:
+                value = value.astype(target)  # 0-d scalars stay as the reference keeps them
+            if bits and should_quantize(key, src.shapes[key], group_size):
+                wq, scales, biases = mx.quantize(value, group_size=group_size, bits=bits)
+                base = key[: -len(".weight")]
+                writer.add(key, wq)
+                writer.add(base + ".scales", scales)
+                writer.add(base + ".biases", biases)
+                quantized_layers += 1
+            else:
+                writer.add(key, value)
+        writer.flush()
+        components[comp] = writer.written
+        progress(f"{comp}: {len(keys)} tensors -> {len(writer.written)} file(s)")
+    del arrays
+    upsampler_files = {}
+    for name, path in files.upsamplers.items():
+        up = Checkpoint(path)
+        cfg = up.metadata.get("config")
+        if not isinstance(cfg, dict):
+            raise ConvertError(f"{path}: no upsampler 'config' in its metadata")
+        tensors = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) and v.ndim > 0 else v
+                   for k, v in mx.load(path).items()}
+        fname = f"upsampler-{name}.safetensors"
+        mx.save_safetensors(os.path.join(out_dir, fname), tensors, metadata={"config": json.dumps(cfg)})
+        upsampler_files[name] = fname
+        progress(f"upsampler {name}: {len(tensors)} tensors")
+    metadata = {k: v for k, v in src.metadata.items()}
+    quant = None
+    if bits:
+        quant = {"bits": bits, "group_size": group_size, "mode": "affine", "layers": quantized_layers,
+                 "predicate": _QUANTIZED_LINEAR.pattern}
+    return {"format": CONVERTED_FORMAT, "format_version": 1, "model_version": metadata.get("model_version"),
+            "metadata": metadata, "quantization": quant, "components": components, "upsamplers": upsampler_files}
+
+
+def _convert_text_encoder(spec: str, out_dir: str, dtype: str, quantize: str | None, group_size: int) -> str:
+    """Gemma through mlx-lm's own converter (it downloads, sanitizes the multimodal layout and
+    quantizes as mlx-lm models expect)."""
+    from mlx_lm import convert as lm_convert
+
+    kwargs = {"hf_path": spec, "mlx_path": out_dir, "dtype": dtype}
+    if quantize:
+        kwargs.update(quantize=True, q_bits=QUANT_BITS[quantize], q_group_size=group_size)
+    lm_convert(**kwargs)
+    return "text_encoder"
+
+
+def _verify(folder: str, src: Checkpoint, info: dict) -> None:
+    """Re-read what was written: every source tensor is there once (quantized ones with their
+    scales and biases), and the folder opens as a checkpoint."""
+    out = Checkpoint(folder)
+    expected = set(src.shapes)
+    if info["quantization"]:
+        extra = {k for k in out.shapes if k.endswith((".scales", ".biases"))}
+    else:
+        extra = set()
+    got = set(out.shapes)
+    if got != expected | extra:
+        missing = sorted(expected - got)
+        raise ConvertError(f"verification failed: {len(missing)} tensors missing in the output, e.g. {missing[:3]}")
+    for name in info["upsamplers"].values():
+        read_safetensors_header(os.path.join(folder, name))
+
+
+__all__ = ["ConvertError", "convert", "resolve_sources", "should_quantize", "CheckpointError"]
