@@ -1,0 +1,268 @@
+"""Write the generated clip: H.264 + AAC mp4 through the ffmpeg binary of ``imageio-ffmpeg``,
+and 16-bit PCM wav through the stdlib ``wave`` module.
+
+Encoding follows the reference's ``ltx_pipelines.utils.media_io.encode_video`` (libx264,
+``crf`` 19, preset ``veryfast``, yuv420p with BT.709 limited-range coefficients and tags; AAC
+stereo at the waveform's own rate; audio samples clipped to [−1, 1] and scaled by 32767 with
+truncation, as its ``write_audio``). Video and audio keep their full lengths: there is no
+``-shortest``, which would cut the longer stream.
+
+Every write is atomic: ffmpeg writes a hidden temporary file next to the target, which is
+renamed over the target only once ffmpeg has succeeded. On any failure or interruption
+(KeyboardInterrupt included) ffmpeg is stopped, the temporary files are removed and an existing
+target is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import secrets
+import subprocess
+import tempfile
+import wave
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CRF = 19
+DEFAULT_PRESET = "veryfast"
+AUDIO_BITRATE = "192k"
+_STDERR_TAIL = 2000
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg exited with an error; the message ends with the tail of its stderr."""
+
+
+def _ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _to_numpy(x) -> np.ndarray:
+    if type(x).__module__.startswith("mlx"):
+        import mlx.core as mx
+
+        if mx.issubdtype(x.dtype, mx.floating):
+            x = x.astype(mx.float32)  # numpy has no bfloat16
+    return np.asarray(x)
+
+
+def video_to_uint8(pixels) -> np.ndarray:
+    """Decoder pixels in the reference layout, (B=1, 3, F, H, W) or (3, F, H, W) in [−1, 1], ->
+    uint8 frames (F, H, W, 3), with the reference's ``clamp((x + 1) / 2, 0, 1)``."""
+    x = _to_numpy(pixels).astype(np.float32)
+    if x.ndim == 5:
+        if x.shape[0] != 1:
+            raise ValueError(f"video_to_uint8: one video at a time; got a batch of {x.shape[0]}")
+        x = x[0]
+    if x.ndim != 4 or x.shape[0] != 3:
+        raise ValueError(f"video_to_uint8: expected pixels (1, 3, F, H, W) or (3, F, H, W); got {x.shape}")
+    x = np.clip((x + 1.0) / 2.0, 0.0, 1.0)
+    return np.round(x.transpose(1, 2, 3, 0) * 255.0).astype(np.uint8)
+
+
+def _frames_chunk(chunk, what: str) -> np.ndarray:
+    """Validate one (F, H, W, 3) chunk: uint8, or float in [0, 1] (rounded to 8 bits)."""
+    x = _to_numpy(chunk)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{what}: frames must be RGB (F, H, W, 3) (or one frame (H, W, 3)); got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{what}: frames must be uint8 or float in [0, 1]; got dtype {x.dtype}")
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{what}: float frames must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}] "
+                         f"(decoder pixels in [-1, 1]: convert them with mlx_ltx.media.video_to_uint8)")
+    return np.round(x.astype(np.float32) * 255.0).astype(np.uint8)
+
+
+def _iter_frame_chunks(frames) -> Iterator[np.ndarray]:
+    """An array is one chunk; any other iterable yields chunks (e.g. a streaming VAE decode)."""
+    if isinstance(frames, np.ndarray) or type(frames).__module__.startswith("mlx"):
+        yield _frames_chunk(frames, "write_video")
+        return
+    if not isinstance(frames, Iterable):
+        raise TypeError(f"write_video: frames must be an array (F, H, W, 3) or an iterable of such arrays; "
+                        f"got {type(frames).__name__}")
+    for i, chunk in enumerate(frames):
+        yield _frames_chunk(chunk, f"write_video (chunk {i})")
+
+
+def _stereo_int16(audio, sample_rate, what: str) -> tuple[np.ndarray, int]:
+    """(S, 2) int16 from a float waveform (2, S) or (S, 2) in [−1, 1]; the reference's rule
+    decides a (2, 2) array: it is (S, 2)."""
+    if sample_rate is None:
+        raise ValueError(f"{what}: audio given without sample_rate (the vocoder's output_sampling_rate)")
+    if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or int(sample_rate) <= 0:
+        raise ValueError(f"{what}: sample_rate must be a positive integer; got {sample_rate!r}")
+    x = _to_numpy(audio)
+    if x.ndim == 3 and x.shape[0] == 1:
+        x = x[0]  # the vocoder's (B=1, 2, S)
+    if x.ndim != 2 or 2 not in x.shape:
+        raise ValueError(f"{what}: audio must be a stereo waveform (2, S) or (S, 2); got shape {x.shape}")
+    if x.shape[1] != 2:
+        x = x.T
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: audio is empty; pass audio=None for a video without sound")
+    if x.dtype == np.int16:
+        return np.ascontiguousarray(x), int(sample_rate)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{what}: audio must be float in [-1, 1] (or int16); got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what}: audio contains NaN or infinite samples")
+    # truncation toward zero after clipping, as the reference's ``(x * 32767).to(int16)``
+    return (np.clip(x.astype(np.float32), -1.0, 1.0) * 32767.0).astype(np.int16), int(sample_rate)
+
+
+def _partial_path(target: Path) -> Path:
+    """A hidden, unique name in the target's folder (same filesystem, so the rename is atomic);
+    it keeps the suffix so ffmpeg picks the container from it."""
+    return target.with_name(f".{target.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{target.suffix}")
+
+
+def _unlink(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _write_wav_file(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+def write_wav(path, audio, sample_rate: int) -> Path:
+    """Write a stereo 16-bit PCM .wav atomically; ``audio`` as in :func:`write_video`."""
+    samples, rate = _stereo_int16(audio, sample_rate, "write_wav")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_path(target)
+    try:
+        _write_wav_file(tmp, samples, rate)
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return target
+
+
+def _stderr_tail(log) -> str:
+    log.seek(0)
+    text = log.read().decode("utf-8", "replace").strip()
+    return text[-_STDERR_TAIL:] if text else "(ffmpeg printed nothing)"
+
+
+def _ffmpeg_command(out: Path, width: int, height: int, fps: Fraction, wav: Path | None, crf: int,
+                    preset: str) -> list[str]:
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(fps), "-i", "pipe:0"]
+    if wav is not None:
+        cmd += ["-i", str(wav)]
+    cmd += ["-map", "0:v:0"] + (["-map", "1:a:0"] if wav is not None else [])
+    # ffmpeg's RGB->YUV default is BT.601; the reference converts with BT.709, limited range, and
+    # tags it (setparams: the encoder takes the tags from the frames, not from -color_* alone)
+    vf = ("scale=out_color_matrix=bt709:out_range=tv,"
+          "setparams=range=tv:colorspace=bt709:color_primaries=bt709:color_trc=bt709")
+    cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
+    if wav is not None:
+        cmd += ["-c:a", "aac", "-b:a", AUDIO_BITRATE]
+    return cmd + ["-movflags", "+faststart", str(out)]
+
+
+def write_video(path, frames, fps: float, audio=None, sample_rate: int | None = None, *, crf: int = DEFAULT_CRF,
+                preset: str = DEFAULT_PRESET, wav_path=None) -> Path:
+    """Encode ``frames`` (uint8 (F, H, W, 3), or float in [0, 1]; or an iterable of such chunks)
+    at ``fps`` to an H.264 mp4, with ``audio`` (float waveform (2, S) or (S, 2) in [−1, 1] at
+    ``sample_rate`` Hz) as AAC, or video-only when ``audio`` is None. ``wav_path`` also writes
+    the audio as 16-bit PCM .wav. H and W must be even (yuv420p). Returns the mp4 path."""
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0:
+        raise ValueError(f"write_video: fps must be a positive number; got {fps!r}")
+    rate_q = fps if isinstance(fps, Fraction) else Fraction(float(fps)).limit_denominator(1_000_000)
+    if isinstance(crf, bool) or not isinstance(crf, numbers.Real) or not 0 <= crf <= 51:
+        raise ValueError(f"write_video: crf must be in [0, 51] (libx264, 8-bit); got {crf!r}")
+    if wav_path is not None and audio is None:
+        raise ValueError("write_video: wav_path given without audio")
+    samples, rate = _stereo_int16(audio, sample_rate, "write_video") if audio is not None else (None, None)
+    target = Path(path)
+    chunks = _iter_frame_chunks(frames)
+    first = next(chunks, None)
+    if first is None or first.shape[0] == 0:
+        raise ValueError("write_video: no frames")
+    height, width = first.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"write_video: H.264 yuv420p needs even sizes; got {width}x{height} (W x H): crop or pad "
+                         f"to {width + width % 2}x{height + height % 2} or {width - width % 2}x{height - height % 2}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    wav_target = Path(wav_path) if wav_path is not None else None
+    if wav_target is not None:
+        wav_target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_path(target)
+    wav_tmp = _partial_path(wav_target if wav_target is not None else target.with_suffix(".wav")) \
+        if samples is not None else None
+    # stderr to a file, not a pipe: a chatty ffmpeg could fill the pipe and stall on write
+    with tempfile.TemporaryFile() as log:
+        try:
+            _encode(target, chunks, first, width, height, rate_q, samples, rate, tmp, wav_tmp, wav_target, crf,
+                    preset, log)
+        finally:
+            _unlink(wav_tmp)
+    return target
+
+
+def _encode(target: Path, chunks: Iterator[np.ndarray], first: np.ndarray, width: int, height: int, fps: Fraction,
+            samples: np.ndarray | None, rate: int | None, tmp: Path, wav_tmp: Path | None, wav_target: Path | None,
+            crf: int, preset: str, log) -> None:
+    """Run ffmpeg into ``tmp``, then rename into place; on any exception stop ffmpeg and remove
+    ``tmp`` (``wav_tmp`` is the caller's to remove)."""
+    proc = None
+    try:
+        if samples is not None:
+            _write_wav_file(wav_tmp, samples, rate)
+        cmd = _ffmpeg_command(tmp, width, height, fps, wav_tmp, crf, preset)
+        # own session: a terminal Ctrl-C reaches Python only, which stops ffmpeg and cleans up
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)
+        chunk = first
+        while chunk is not None:
+            if chunk.shape[1:3] != (height, width):
+                raise ValueError(f"write_video: chunk of {chunk.shape[2]}x{chunk.shape[1]} frames after "
+                                 f"{width}x{height} ones; all frames must have one size")
+            try:
+                proc.stdin.write(chunk.tobytes())
+            except BrokenPipeError:
+                break  # ffmpeg died; its exit code and stderr tell why
+            chunk = next(chunks, None)
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = proc.wait()
+        if code != 0:
+            raise FFmpegError(f"ffmpeg failed (exit code {code}) writing {target}:\n{_stderr_tail(log)}")
+        os.replace(tmp, target)
+        if wav_target is not None:
+            os.replace(wav_tmp, wav_target)
+    except BaseException:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        _unlink(tmp)
+        raise
