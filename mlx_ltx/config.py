@@ -135,6 +135,8 @@ class TransformerConfig(_FromDict):
     connector_num_layers: int = 2
     connector_positional_embedding_max_pos: tuple = (1,)
     connector_apply_gated_attention: bool = False
+    connector_ff_bias: bool = True
+    use_keyframes_abs_pos_embedding: bool = False  # LTX-2.5 only; rejected by the transformer
     audio_connector_num_attention_heads: int | None = None  # None -> the video connector's value
     audio_connector_attention_head_dim: int | None = None
     audio_connector_num_layers: int | None = None
@@ -188,8 +190,9 @@ class TransformerConfig(_FromDict):
 @dataclass
 class VideoVAEConfig(_FromDict):
     """``config.vae`` (CausalVideoAutoencoder). The encoder's width is ``latent_channels``;
-    the decoder reads ``spatial_padding_mode`` (default reflect), the encoder
-    ``encoder_spatial_padding_mode`` (default zeros)."""
+    the decoder reads ``spatial_padding_mode`` (default reflect); the encoder reads
+    ``spatial_padding_mode`` too when the file has it, else ``encoder_spatial_padding_mode``
+    (default zeros), as ``_prepare_video_encoder_kwargs`` (see ``encoder_padding_mode``)."""
 
     dims: int = 3
     in_channels: int = 3
@@ -206,6 +209,12 @@ class VideoVAEConfig(_FromDict):
     timestep_conditioning: bool = True  # reference decoder default; 2.3 says false
     decoder_base_channels: int = 128
     raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def encoder_padding_mode(self) -> str:
+        """The encoder's spatial padding: a ``spatial_padding_mode`` present in the file wins over
+        ``encoder_spatial_padding_mode`` (so 2.3's single "zeros" key pads both halves)."""
+        return self.raw.get("spatial_padding_mode", self.encoder_spatial_padding_mode)
 
     @property
     def scale_factors(self) -> tuple[int, int, int]:
@@ -316,6 +325,21 @@ class VocoderConfig:
     @property
     def output_sampling_rate(self) -> int:
         return (self.bwe or self.vocoder).output_sampling_rate
+
+    def check_supported(self) -> None:
+        """The values ``VocoderConfigurator`` asserts before building (``check_config_value``:
+        an absent key fails as well). Checked when the vocoder is built, not when the file is
+        opened, as in the reference."""
+        if self.bwe is None:
+            checks = [("vocoder", self.raw, {"resblock": "1", "stereo": True})]
+        else:
+            want = {"resblock": "AMP1", "stereo": True, "activation": "snakebeta"}
+            checks = [(f"vocoder.{name}", self.raw.get(name, {}), want) for name in ("vocoder", "bwe")]
+        for where, section, want in checks:
+            for key, value in want.items():
+                if section.get(key) != value:
+                    raise ConfigError(f"{where} config {key}={section.get(key)!r}: the reference supports only "
+                                      f"{value!r} here")
 
 
 @dataclass
