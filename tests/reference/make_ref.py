@@ -216,7 +216,8 @@ def main() -> None:  # noqa: PLR0915
         pairs = ((vocoder.vocoder, post_v), (vocoder.bwe_generator, post_bwe)) if hasattr(vocoder, "bwe_generator") \
             else ((vocoder, post_v),)
         for gen_, post in pairs:
-            for conv, f in [(u, 0.15) for u in gen_.ups] + [(gen_.conv_post, post)]:
+            ups_scale = V.get("vocoder_ups_scale", 0.15)  # the 19B HiFi-GAN needs more, or biases drown the mel
+            for conv, f in [(u, ups_scale) for u in gen_.ups] + [(gen_.conv_post, post)]:
                 conv.weight.mul_(f).copy_(conv.weight.to(torch.bfloat16).float())
         if getattr(v_dec, "timestep_conditioning", False):  # 0-d scalar: a bf16-exact value, not 1000 (catch hard-coding)
             v_dec.timestep_scale_multiplier.fill_(928.0)
