@@ -351,3 +351,38 @@ def test_memory_estimate_and_auto_tiling(fixture_set):
     assert any(sizes) and all(s is None or s[0] < n for s, n in zip(sizes, latent.shape[2:]))
     tiled = dec.tiled_decode(latent, tiling, noise=noise)
     assert tiled.shape == full.shape
+
+
+def _tiling_from(tiles) -> vt.TilingConfig:
+    f, fo, h, ho, w, wo = (int(v) for v in tiles)
+    return vt.TilingConfig(vt.AxisTiling(f, fo), vt.AxisTiling(h, ho), vt.AxisTiling(w, wo))
+
+
+def test_tiled_decode_and_encode_match_the_reference_tiling(fixture_set):
+    """The reference's own tiled_decode / tiled_encode (golden `tiled.*`), with tiles smaller
+    than the input on every axis: same tile grid, same blend masks, same causal first tile."""
+    g = fixture_set.golden("video_vae")
+    enc, dec = _models(str(fixture_set.path), mx.float32)
+    kw = {}
+    if dec.timestep_conditioning:  # the golden decodes with the decode timestep and no noise
+        kw = {"timestep": mx.array(g["decode.in.timestep"]), "noise_scale": 0.0}
+    latent = mx.array(g["tiled.in.latent"])
+    tiled = dec.tiled_decode(latent, _tiling_from(g["tiled.decode.tiles"]), **kw)
+    assert rel_err(tiled, g["tiled.decode.out.pixels"]) <= TOL_F32
+    diff = np.abs(np.array(tiled) - np.array(dec(latent, **kw)))
+    print(f"{fixture_set.path.name}: tiled vs untiled decode max|diff| {diff.max():.3f} (the reference's: REPORT.txt)")
+    pixels = mx.array(_generator_variants().tiled_pixels(*(int(n) for n in g["tiled.encode.pixel_shape"])))[None]
+    encoded = enc.tiled_encode(pixels, _tiling_from(g["tiled.encode.tiles"]))
+    assert rel_err(encoded, g["tiled.encode.out.latent"]) <= TOL_F32
+
+
+def _generator_variants():
+    """tests/reference/variants.py, which defines the analytic encoder input of the tiled golden."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "reference" / "variants.py"
+    spec = importlib.util.spec_from_file_location("fixture_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

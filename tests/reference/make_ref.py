@@ -67,7 +67,7 @@ try:
 except Exception:  # pragma: no cover
     sys.modules["OpenImageIO"] = types.ModuleType("OpenImageIO")
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier  # noqa: E402
 from ltx_core.components.schedulers import LTX2Scheduler  # noqa: E402
@@ -411,6 +411,42 @@ def main() -> None:  # noqa: PLR0915
                 "decode_noiseless.out.pixels": dec_t})
             report.append(f"vae.decode: timestep_conditioning, timestep {float(d_ts)}, noise_scale {ns} "
                           f"(noise = decode.in.noise; decode_noiseless = same timestep, noise_scale 0)")
+
+        # ---- the reference's own tiled decode / encode, tiles smaller than the input on every axis.
+        # Own generator (every other golden stays byte-identical); the encoder's input is an analytic
+        # pattern (variants.tiled_pixels) so the golden need not store a video of pixels.
+        from ltx_core.tiling import DimensionSizeConfig, TileSizeConfig
+
+        from variants import tiled_pixels
+
+        gt = torch.Generator().manual_seed(SEED + 31)
+        st, sh, sw = scale.time, scale.height, scale.width
+        t_lat = torch.randn(1, LATENT_C, 3, 3, 4, generator=gt)
+        t_pix = torch.from_numpy(tiled_pixels(1 + 3 * st, 4 * sh, 5 * sw))[None]
+        dec_tiles = (2 * st, st, 2 * sh, sh, 2 * sw, sw)
+        enc_tiles = (3 * st, 2 * st, 3 * sh, 2 * sh, 4 * sw, 2 * sw)
+
+        def _tile_cfg(v):
+            return TileSizeConfig(frames=DimensionSizeConfig(v[0], v[1]), height=DimensionSizeConfig(v[2], v[3]),
+                                  width=DimensionSizeConfig(v[4], v[5]))
+
+        tkw = {}
+        if R_vdec.timestep_conditioning:  # noise scale 0: tiles draw their own noise, so keep it out
+            ns = float(R_vdec.decode_noise_scale)
+            R_vdec.decode_noise_scale = 0.0
+            tkw = {"timestep": d_ts, "generator": torch.Generator().manual_seed(SEED + 32)}
+        t_dec = torch.cat(list(R_vdec.tiled_decode(t_lat, _tile_cfg(dec_tiles), **tkw)), dim=2)
+        t_full = R_vdec(t_lat, **tkw)
+        if R_vdec.timestep_conditioning:
+            R_vdec.decode_noise_scale = ns
+        gold["video_vae"].update({
+            "tiled.in.latent": t_lat, "tiled.decode.tiles": torch.tensor(dec_tiles, dtype=torch.int64),
+            "tiled.decode.out.pixels": t_dec,
+            "tiled.encode.pixel_shape": torch.tensor(t_pix.shape[2:], dtype=torch.int64),
+            "tiled.encode.tiles": torch.tensor(enc_tiles, dtype=torch.int64),
+            "tiled.encode.out.latent": R_venc.tiled_encode(t_pix, _tile_cfg(enc_tiles))})
+        report.append(f"vae.tiled: decode tiles {dec_tiles}, encode tiles {enc_tiles} (frames/overlap, h, w in "
+                      f"pixels); tiled vs untiled decode max|diff| {(t_dec - t_full).abs().max().item():.3e}")
 
         # ---- latent upsamplers (upsample_video = un_normalize -> upsampler -> normalize with VAE stats)
         gold["upsampler"] = {"in.latent": dec_in}
