@@ -1,0 +1,172 @@
+"""Prompt -> LTX text contexts: the reference's ``PromptEncoder`` (``ltx_pipelines/utils/blocks.py``).
+
+Gemma-3 (``gemma.py``, on mlx-lm) turns all prompts of a generation into hidden states in one
+batched forward; the ``EmbeddingsProcessor`` (feature extractor + video/audio connectors,
+``connector.py``) turns each prompt's hidden states into the video and audio contexts. Results
+are cached per prompt text, and in low-memory mode the Gemma weights are dropped as soon as the
+prompts are encoded, as the reference frees Gemma before loading the embeddings processor.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import mlx.core as mx
+
+from ..loading import Checkpoint, resolve_model_path
+from .gemma import (
+    TOKENIZER_MAX_LENGTH,
+    GemmaConfig,
+    GemmaTextEncoder,
+    GemmaTokenizer,
+    load_gemma_model,
+    read_gemma_config,
+    resolve_gemma_path,
+)
+
+# base_encoder.GEMMA3_ENHANCE_GENERATION_KWARGS; top_k is transformers' default (the reference
+# builds the model from its config, so no generation_config.json narrows it)
+ENHANCE_TEMPERATURE = 0.7
+ENHANCE_TOP_K = 50
+ENHANCE_MAX_NEW_TOKENS = 512
+_PROMPTS = Path(__file__).parent / "prompts"
+
+
+def default_t2v_system_prompt() -> str:
+    """``default_gemma3_t2v_system_prompt``: the reference's text file, shipped as package data."""
+    return (_PROMPTS / "gemma3_t2v_system_prompt.txt").read_text()
+
+
+def enhance_t2v(encoder: GemmaTextEncoder, prompt: str, max_new_tokens: int | None = None,
+                system_prompt: str | None = None, seed: int = 10) -> str:
+    """``LTXGemmaTextEncoder.enhance_t2v``: Gemma rewrites ``prompt`` following the T2V system
+    prompt, sampled with mlx-lm (temperature 0.7, top-k 50, at most 512 new tokens). The text
+    differs from the reference's for the same seed: the random streams are not torch's."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    if encoder.config.sliding_window_pattern is None:
+        raise ValueError(f"layer_types {encoder.config.layer_types} have no fixed period; mlx-lm's generation "
+                         f"(masks and KV caches) needs a full-attention layer every p-th layer")
+    hf = encoder.tokenizer.tokenizer
+    if hf.chat_template is None:
+        raise ValueError("the Gemma tokenizer has no chat template (chat_template.jinja / tokenizer_config.json)")
+    messages = [{"role": "system", "content": system_prompt or default_t2v_system_prompt()},
+                {"role": "user", "content": f"user prompt: {prompt}"}]
+    text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # tokenised as Gemma3Processor does (special tokens added); the reference's left padding
+    # to a multiple of 8 only aligns Flash Attention and is left out
+    ids = mx.array(hf(text, verbose=False)["input_ids"], mx.uint32)
+    mx.random.seed(seed)
+    generated = []
+    for response in stream_generate(
+        encoder.model.language_model, TokenizerWrapper(hf, eos_token_ids=list(encoder.config.eos_token_ids)), ids,
+        max_tokens=max_new_tokens or ENHANCE_MAX_NEW_TOKENS,
+        sampler=make_sampler(temp=ENHANCE_TEMPERATURE, top_k=ENHANCE_TOP_K),
+    ):
+        generated.append(response.token)
+    return hf.decode(generated, skip_special_tokens=True)
+
+
+# ltx_pipelines.utils.helpers._UNICODE_REPLACEMENTS: typographic characters Gemma likes to emit
+_UNICODE_REPLACEMENTS = str.maketrans("\u2018\u2019\u201c\u201d\u2014\u2013\u00a0\u2032\u2212", "''\"\"-- '-")
+
+
+def clean_response(text: str) -> str:
+    """``helpers.clean_response``: plain quotes and dashes, leading non-letters dropped."""
+    text = text.translate(_UNICODE_REPLACEMENTS)
+    start = next((i for i, c in enumerate(text) if c.isalpha()), None)
+    return text if start is None else text[start:]
+
+
+class PromptEncoding(NamedTuple):
+    """``EmbeddingsProcessorOutput``: contexts (1, T, Dv) / (1, T, Da) and the binary mask (1, T)."""
+
+    video_encoding: mx.array
+    audio_encoding: mx.array
+    attention_mask: mx.array
+
+
+class TextEncoder:
+    """Gemma-3 + the checkpoint's embeddings processor, loaded on first use.
+
+    ``gemma``: a Hugging Face Gemma-3 folder or repo id (google/gemma-3-12b-it-qat-q4_0-unquantized,
+    or an mlx-community bf16 / 8-bit / 4-bit conversion). ``checkpoint``: the LTX checkpoint (a
+    ``Checkpoint``, a file, a converted folder or its repo id) holding the text projection and
+    the connectors. ``low_memory``: release the Gemma weights after every encoding call (the
+    tokenizer stays); they are reloaded if a new prompt comes.
+    """
+
+    def __init__(self, gemma: str | os.PathLike, checkpoint: Checkpoint | str | os.PathLike, *,
+                 dtype: mx.Dtype = mx.bfloat16, low_memory: bool = False, max_length: int = TOKENIZER_MAX_LENGTH):
+        self.gemma_path = resolve_gemma_path(gemma)
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint(resolve_model_path(checkpoint))
+        self.checkpoint = checkpoint
+        self.dtype = dtype
+        self.low_memory = low_memory
+        self.gemma_config: GemmaConfig = read_gemma_config(self.gemma_path)
+        self.tokenizer = GemmaTokenizer.from_folder(self.gemma_path, max_length)
+        self._gemma: GemmaTextEncoder | None = None
+        self._embeddings_processor = None
+        self._cache: dict[str, PromptEncoding] = {}
+
+    @property
+    def gemma(self) -> GemmaTextEncoder:
+        if self._gemma is None:
+            self._gemma = GemmaTextEncoder(load_gemma_model(self.gemma_path, self.dtype), self.tokenizer)
+        return self._gemma
+
+    @property
+    def embeddings_processor(self):
+        if self._embeddings_processor is None:
+            from .connector import load_embeddings_processor
+
+            self._embeddings_processor = load_embeddings_processor(
+                self.checkpoint, self.gemma_config.hidden_size, self.gemma_config.num_hidden_layers, self.dtype)
+        return self._embeddings_processor
+
+    def release_gemma(self) -> None:
+        """Drop every reference this object holds to the Gemma weights and return the freed
+        buffers to the system."""
+        self._gemma = None
+        gc.collect()
+        mx.clear_cache()
+
+    def enhance_prompt(self, prompt: str, seed: int = 42, max_new_tokens: int | None = None) -> str:
+        """``generate_enhanced_prompt`` for text-to-video: Gemma rewrites the prompt with the
+        reference's T2V system prompt (seed default as the pipelines' ``enhance_prompt_seed``)."""
+        return clean_response(enhance_t2v(self.gemma, prompt, max_new_tokens=max_new_tokens, seed=seed))
+
+    def encode_prompts(self, prompts: list[str], *, enhance_first_prompt: bool = False,
+                       enhance_seed: int = 42) -> list[PromptEncoding]:
+        """Encode several prompts (e.g. positive and negative) with one batched Gemma forward for
+        those not cached yet; each result is evaluated and cached under its prompt text. With
+        ``enhance_first_prompt`` the first prompt is rewritten by Gemma first (``PromptEncoder``)."""
+        prompts = list(prompts)
+        if enhance_first_prompt and prompts:
+            prompts[0] = self.enhance_prompt(prompts[0], seed=enhance_seed)
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if todo:
+            encoded = self.gemma.encode(todo)
+            processor = self.embeddings_processor
+            for prompt, (hidden_states, mask) in zip(todo, encoded):
+                result = PromptEncoding(*processor.process_hidden_states(hidden_states, mask))
+                mx.eval(*result)
+                self._cache[prompt] = result
+            del encoded, hidden_states, mask
+            if self.low_memory:
+                self._embeddings_processor = None
+                self.release_gemma()
+        return [self._cache[p] for p in prompts]
+
+    def encode_prompt(self, prompt: str, *, enhance: bool = False, enhance_seed: int = 42) -> PromptEncoding:
+        """(video_context, audio_context, mask) for one prompt."""
+        return self.encode_prompts([prompt], enhance_first_prompt=enhance, enhance_seed=enhance_seed)[0]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
