@@ -1,12 +1,33 @@
 """Which components this port can build from a checkpoint: component name (a key of
-``loading.COMPONENTS``) -> function(checkpoint) returning the unloaded module."""
+``loading.COMPONENTS``) -> function(checkpoint) returning the unloaded module, built with every
+width its tensors have. ``inspect --verify`` and the conversion tests go through this table."""
 
 from __future__ import annotations
 
 
+def _shapes(checkpoint, component: str) -> dict:
+    return {k: checkpoint.shapes[v] for k, v in checkpoint.component_keys(component).items()}
+
+
 def builders() -> dict:
+    from .audio_vae import AudioDecoder, AudioEncoder
+    from .connector import build_connector
     from .text_projection import text_projection_from_checkpoint
+    from .transformer import LTXModel
+    from .upsampler import LatentUpsampler
+    from .video_decoder import VideoDecoder
+    from .video_vae import VideoEncoder
+    from .vocoder import vocoder_from_checkpoint
 
     return {
+        "transformer": LTXModel.build,
+        "video_connector": lambda c: build_connector(c, "video_connector"),
+        "audio_connector": lambda c: build_connector(c, "audio_connector"),
         "text_projection": text_projection_from_checkpoint,
+        "vae_encoder": lambda c: VideoEncoder(c.config.vae, _shapes(c, "vae_encoder")),
+        "vae_decoder": lambda c: VideoDecoder(c.config.vae, _shapes(c, "vae_decoder")),
+        "audio_vae_encoder": lambda c: AudioEncoder(c.config.audio_vae, _shapes(c, "audio_vae_encoder")),
+        "audio_vae_decoder": lambda c: AudioDecoder(c.config.audio_vae, _shapes(c, "audio_vae_decoder")),
+        "vocoder": vocoder_from_checkpoint,
+        "upsampler": lambda c: LatentUpsampler(c.upsampler_config),
     }
