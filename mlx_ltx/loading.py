@@ -94,6 +94,8 @@ def read_safetensors_header(path: str) -> dict[str, Any]:
             return json.loads(f.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder; expected a .safetensors file") from None
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
 
@@ -112,7 +114,7 @@ class Checkpoint:
     treats both forms alike."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
+        self.path = resolve_model_path(path)
         self.quantization: dict[str, Any] | None = None
         self.files: dict[str, str] = {}  # checkpoint key -> file holding it
         self.shapes: dict[str, tuple[int, ...]] = {}

@@ -138,3 +138,104 @@ def test_quantize_predicate_spares_small_and_sensitive_layers():
               "model.diffusion_model.video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q.weight",
               "vae.decoder.conv_in.conv.weight"):
         assert not conv.should_quantize(k, (4096, 4096), 64), k
+
+
+def _wide_transformer_source(fixture_set, folder):
+    """A random transformer in the fixture's layout but wide enough for whole quantization
+    groups (the tiny fixtures are narrower than one group), saved as an official file."""
+    import copy
+
+    from mlx_ltx.config import TransformerConfig
+    from mlx_ltx.models.transformer import LTXModel
+
+    meta = copy.deepcopy(fixture_set.checkpoint.metadata)
+    t = meta["config"]["transformer"]
+    t.update(num_attention_heads=4, attention_head_dim=64, audio_num_attention_heads=4, audio_attention_head_dim=32,
+             cross_attention_dim=256, audio_cross_attention_dim=128, caption_channels=256, num_layers=4)
+    mx.random.seed(3)
+    model = LTXModel(TransformerConfig.from_dict(t))
+    tensors = {"model.diffusion_model." + k: v.astype(mx.bfloat16) for k, v in tree_flatten(model.parameters())}
+    os.makedirs(folder, exist_ok=True)
+    name = "ltx-2.3-22b-dev.safetensors" if meta.get("model_version") else "ltx-2-19b-dev.safetensors"
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    mx.save_safetensors(os.path.join(folder, name), tensors, metadata=raw)
+    return TransformerConfig.from_dict(t)
+
+
+def test_quantized_transformer_sizes_and_error(fixture_set, tmp_path):
+    from mlx_ltx.models.transformer import LTXModel, Modality
+
+    cfg = _wide_transformer_source(fixture_set, tmp_path / "release")
+    g = fixture_set.golden("transformer")
+    ctx_v = cfg.cross_attention_dim if cfg.text_projection_version == 2 else cfg.caption_channels
+    ctx_a = cfg.audio_cross_attention_dim if cfg.text_projection_version == 2 else cfg.caption_channels
+    key = mx.random.key(5)
+    L = g["in.video.context"].shape[1]
+    N, Na = g["in.video.latent"].shape[1], g["in.audio.latent"].shape[1]
+    k1, k2, k3, k4 = mx.random.split(key, 4)
+    video = Modality(mx.random.normal((1, N, cfg.in_channels), key=k1).astype(mx.bfloat16), mx.array(g["in.sigma"]),
+                     mx.array(g["in.video.timesteps"]), mx.array(g["in.video.positions"]),
+                     mx.random.normal((1, L, ctx_v), key=k2).astype(mx.bfloat16))
+    audio = Modality(mx.random.normal((1, Na, cfg.audio_in_channels), key=k3).astype(mx.bfloat16),
+                     mx.array(g["in.sigma"]), mx.array(g["in.audio.timesteps"]), mx.array(g["in.audio.positions"]),
+                     mx.random.normal((1, L, ctx_a), key=k4).astype(mx.bfloat16))
+    outputs, sizes = {}, {}
+    for q in (None, "q8", "q4"):
+        out = tmp_path / f"model-{q}"
+        conv.convert(str(tmp_path / "release"), "dev", str(out), quantize=q, progress=lambda m: None)
+        info = json.loads((out / "config.json").read_text())
+        sizes[q] = sum(os.path.getsize(out / f) for f in info["components"]["transformer"])
+        ck = Checkpoint(out)
+        model = load_component(ck, "transformer", LTXModel.build(ck), dtype=mx.bfloat16)
+        if q:
+            assert info["quantization"]["bits"] == {"q8": 8, "q4": 4}[q]
+            n_quant = sum(1 for k in ck.shapes if k.endswith(".scales"))
+            assert n_quant == info["quantization"]["layers"] > 0
+            assert type(model.transformer_blocks[0].attn1.to_q).__name__ == "QuantizedLinear"
+            assert type(model.transformer_blocks[0].attn1.q_norm).__name__ != "QuantizedLinear"
+        outputs[q] = [np.array(o.astype(mx.float32)) for o in model(video, audio)]
+    src = Checkpoint(next((tmp_path / "release").iterdir()))
+    quantizable = [k for k in src.shapes if conv.should_quantize(k, src.shapes[k], 64)]
+    q_params = sum(int(np.prod(src.shapes[k])) for k in quantizable)
+    all_params = sum(int(np.prod(v)) for k, v in src.shapes.items())
+    report = [f"{100 * q_params / all_params:.0f}% of the parameters in quantized layers"]
+    for q, bits, bound in (("q8", 8, 0.05), ("q4", 4, 0.35)):
+        # per quantized weight: `bits` bits plus a bf16 scale and bias per group of 64
+        layer_ratio = (bits + 32 / 64) / 16
+        expected = (sizes[None] - 2 * q_params + q_params * 2 * layer_ratio) / sizes[None]
+        ratio = sizes[q] / sizes[None]
+        err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(outputs[q], outputs[None]))
+        report.append(f"{q}: quantized layers {layer_ratio:.3f}x, transformer files {ratio:.3f}x of bf16, output "
+                      f"max rel error {err:.4f}")
+        assert abs(ratio - expected) < 0.01
+        assert err <= bound
+    print(f"{fixture_set.path.name}: " + "; ".join(report))
+
+
+def test_text_encoder_converted_with_mlx_lm(fixture_set, tmp_path):
+    """--text-encoder runs mlx-lm's converter; our Gemma loader reads its output and gives the
+    hidden states of the source folder. (Quantized Gemma folders are tested in
+    test_text_encoder; the tiny Gemma is narrower than one mlx-lm quantization group.)"""
+    from pathlib import Path
+
+    from mlx_ltx.models.gemma import load_gemma_model
+
+    gemma_src = tmp_path / "gemma"
+    shutil.copytree(fixture_set.path / fixture_set.manifest["gemma_dir"], gemma_src)
+    for f in (Path(__file__).parent / "assets" / "tiny_tokenizer").iterdir():
+        shutil.copy(f, gemma_src / f.name)
+    cfg = json.loads((gemma_src / "config.json").read_text())
+    # mlx-lm's gemma3 takes the vocabulary size from the top level (default: the 12B's 262208)
+    cfg["vocab_size"] = cfg["text_config"]["vocab_size"]
+    (gemma_src / "config.json").write_text(json.dumps(cfg))
+    src_dir, _ = _release_copy(fixture_set, tmp_path / "release")
+    g = fixture_set.golden("gemma")
+    ids, mask = mx.array(g["in.input_ids"]), mx.array(g["in.attention_mask"])
+    reference = load_gemma_model(gemma_src, dtype=mx.float32).hidden_states(ids, mask)
+    valid = np.array(mask[0]).astype(bool)
+    out = conv.convert(str(src_dir), "dev", str(tmp_path / "model"), dtype="float32", text_encoder=str(gemma_src),
+                       progress=lambda m: None)
+    info = json.loads((tmp_path / "model" / "config.json").read_text())
+    converted = load_gemma_model(os.path.join(out, info["text_encoder"]), dtype=mx.float32).hidden_states(ids, mask)
+    for a, b in zip(converted, reference):
+        assert np.array_equal(np.array(a)[0, valid], np.array(b)[0, valid])
