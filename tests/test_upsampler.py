@@ -8,7 +8,7 @@ import pytest
 from reference_data import TOL_BF16, TOL_F32, rel_err
 
 from mlx_ltx.loading import Checkpoint, CheckpointError
-from mlx_ltx.models.upsampler import LatentStatistics, LatentUpsampler, upsample_video
+from mlx_ltx.models.upsampler import LatentUpsampler, load_latent_statistics, upsample_video
 
 DTYPES = pytest.mark.parametrize("dtype,tol", [(mx.float32, TOL_F32), (mx.bfloat16, TOL_BF16)], ids=["f32", "bf16"])
 
@@ -16,7 +16,7 @@ DTYPES = pytest.mark.parametrize("dtype,tol", [(mx.float32, TOL_F32), (mx.bfloat
 @DTYPES
 def test_upsampler_parity(fixture_set, dtype, tol):
     g = fixture_set.golden("upsampler")
-    statistics = LatentStatistics.from_checkpoint(fixture_set.checkpoint, dtype=dtype)
+    statistics = load_latent_statistics(fixture_set.checkpoint, dtype=dtype)
     latent = mx.array(g["in.latent"]).astype(dtype)
     names = list(fixture_set.manifest["upsamplers"])
     assert names
@@ -31,7 +31,7 @@ def test_upsampler_parity(fixture_set, dtype, tol):
 @DTYPES
 def test_pipeline_handoff(fixture_set, dtype, tol):
     g = fixture_set.golden("pipeline")
-    statistics = LatentStatistics.from_checkpoint(fixture_set.checkpoint, dtype=dtype)
+    statistics = load_latent_statistics(fixture_set.checkpoint, dtype=dtype)
     upsampler = LatentUpsampler.from_file(fixture_set.upsampler_path("spatial-x2"), dtype=dtype)
     out = upsample_video(mx.array(g["handoff.in.stage1.video.latent"]).astype(dtype), statistics, upsampler)
     assert rel_err(out, g["handoff.out.upscaled.video.latent"]) <= tol
@@ -61,7 +61,7 @@ def test_strict_loading(fixture_set, tmp_path):
         LatentUpsampler.from_file(_rewrite(src, tmp_path / "shape.safetensors", reshape))
     # the main checkpoint's statistics are not in an upsampler file
     with pytest.raises(CheckpointError, match="mean-of-means"):
-        LatentStatistics.from_file(src)
+        load_latent_statistics(src)
 
 
 def test_bad_input(fixture_set):

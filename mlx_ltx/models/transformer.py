@@ -111,6 +111,20 @@ class BasicAVTransformerBlock(nn.Module):
         context = args.context * (1 + scale_kv) + shift_kv
         return attn(query, context=context, mask=args.context_mask) * gate
 
+    def _av_cross_attention(self, attn: Attention, q_args: TransformerArgs, kv_args: TransformerArgs,
+                            q_x: mx.array, kv_x: mx.array, q_table: mx.array, kv_table: mx.array,
+                            row: int) -> mx.array:
+        """A2V (row 0: Q video, K/V audio) or V2A (row 2: Q audio, K/V video), each side modulated
+        by its own A/V table, gated by the query stream's gate row."""
+        q_scale, q_shift, gate = get_av_ca_ada_values(q_table, q_args.cross_scale_shift_timestep,
+                                                      q_args.cross_gate_timestep, row)
+        kv_scale, kv_shift = get_ada_values(kv_table[:4], kv_args.cross_scale_shift_timestep, row, row + 2)
+        out = attn(ada(q_x, self.norm_eps, q_scale, q_shift), context=ada(kv_x, self.norm_eps, kv_scale, kv_shift),
+                   pe=q_args.cross_positional_embeddings, k_pe=kv_args.cross_positional_embeddings) * gate
+        if q_args.cross_attn_perturbation_mask is not None:
+            out = out * q_args.cross_attn_perturbation_mask
+        return out
+
     def _self_and_text(self, args: TransformerArgs, attn1: Attention, attn2: Attention, table: mx.array,
                        prompt_table: mx.array | None) -> mx.array:
         x = args.x
@@ -142,31 +156,13 @@ class BasicAVTransformerBlock(nn.Module):
 
         vx_pre, ax_pre = vx, ax
         if run_a2v and not video.cross_attn_skip_all:
-            v_scale, v_shift, gate = get_av_ca_ada_values(self.scale_shift_table_a2v_ca_video,
-                                                          video.cross_scale_shift_timestep,
-                                                          video.cross_gate_timestep, 0)
-            a_scale, a_shift, _ = get_av_ca_ada_values(self.scale_shift_table_a2v_ca_audio,
-                                                       audio.cross_scale_shift_timestep, audio.cross_gate_timestep, 0)
-            out = self.audio_to_video_attn(ada(vx_pre, self.norm_eps, v_scale, v_shift),
-                                           context=ada(ax_pre, self.norm_eps, a_scale, a_shift),
-                                           pe=video.cross_positional_embeddings,
-                                           k_pe=audio.cross_positional_embeddings) * gate
-            if video.cross_attn_perturbation_mask is not None:
-                out = out * video.cross_attn_perturbation_mask
-            vx = vx + out
+            vx = vx + self._av_cross_attention(self.audio_to_video_attn, video, audio, vx_pre, ax_pre,
+                                               self.scale_shift_table_a2v_ca_video,
+                                               self.scale_shift_table_a2v_ca_audio, 0)
         if run_v2a and not audio.cross_attn_skip_all:
-            a_scale, a_shift, gate = get_av_ca_ada_values(self.scale_shift_table_a2v_ca_audio,
-                                                          audio.cross_scale_shift_timestep,
-                                                          audio.cross_gate_timestep, 2)
-            v_scale, v_shift, _ = get_av_ca_ada_values(self.scale_shift_table_a2v_ca_video,
-                                                       video.cross_scale_shift_timestep, video.cross_gate_timestep, 2)
-            out = self.video_to_audio_attn(ada(ax_pre, self.norm_eps, a_scale, a_shift),
-                                           context=ada(vx_pre, self.norm_eps, v_scale, v_shift),
-                                           pe=audio.cross_positional_embeddings,
-                                           k_pe=video.cross_positional_embeddings) * gate
-            if audio.cross_attn_perturbation_mask is not None:
-                out = out * audio.cross_attn_perturbation_mask
-            ax = ax + out
+            ax = ax + self._av_cross_attention(self.video_to_audio_attn, audio, video, ax_pre, vx_pre,
+                                               self.scale_shift_table_a2v_ca_audio,
+                                               self.scale_shift_table_a2v_ca_video, 2)
 
         if run_vx:
             vx = self._feed_forward(vx, video, self.ff, self.scale_shift_table)

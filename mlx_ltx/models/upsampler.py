@@ -22,7 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import UpsamplerConfig
-from ..loading import Checkpoint, CheckpointError, load_component
+from ..loading import Checkpoint, CheckpointError, load_component, load_strict
+from .video_vae_ops import PerChannelStatistics
 
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPS = 1e-5  # torch.nn.GroupNorm's default, which the reference keeps
@@ -271,52 +272,27 @@ class LatentUpsampler(nn.Module):
         return x.transpose(0, 4, 1, 2, 3)
 
 
-STATISTICS_KEYS = ("vae.per_channel_statistics.mean-of-means", "vae.per_channel_statistics.std-of-means")
-
-
-class LatentStatistics:
-    """The video VAE's per-channel latent statistics (twin of the reference's
-    ``PerChannelStatistics``), read from the main checkpoint without building the VAE."""
-
-    def __init__(self, mean: mx.array, std: mx.array):
-        if mean.ndim != 1 or mean.shape != std.shape:
-            raise ValueError(f"LatentStatistics: mean {tuple(mean.shape)} and std {tuple(std.shape)} must be equal "
-                             f"1-D shapes")
-        self.mean = mean
-        self.std = std
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, dtype: mx.Dtype = mx.float32) -> "LatentStatistics":
-        # the reference casts the statistics to the build dtype like every other tensor
-        missing = [k for k in STATISTICS_KEYS if k not in checkpoint.shapes]
-        if missing:
-            raise CheckpointError(f"{checkpoint.path}: missing the video VAE latent statistics {missing}")
-        tensors = {}
-        for key in STATISTICS_KEYS:
-            tensors[key] = mx.load(checkpoint.files[key])[key].astype(dtype)
-        return cls(*(tensors[k] for k in STATISTICS_KEYS))
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike, dtype: mx.Dtype = mx.float32) -> "LatentStatistics":
-        return cls.from_checkpoint(Checkpoint(path), dtype=dtype)
-
-    def _view(self, v: mx.array, x: mx.array, axis: int) -> mx.array:
-        if x.shape[axis] != v.shape[0]:
-            raise ValueError(f"LatentStatistics: {v.shape[0]} channels, latent has {x.shape[axis]} on axis {axis}")
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        return v.astype(x.dtype).reshape(shape)
-
-    def normalize(self, x: mx.array, axis: int = 1) -> mx.array:
-        return (x - self._view(self.mean, x, axis)) / self._view(self.std, x, axis)
-
-    def un_normalize(self, x: mx.array, axis: int = 1) -> mx.array:
-        return x * self._view(self.std, x, axis) + self._view(self.mean, x, axis)
+def load_latent_statistics(checkpoint: Checkpoint | str | os.PathLike,
+                           dtype: mx.Dtype = mx.float32) -> PerChannelStatistics:
+    """Only the video VAE's per-channel latent statistics (``vae.per_channel_statistics.*``),
+    strictly loaded from the main checkpoint without building the VAE: the two-stage hand-off
+    needs them while the encoder itself can stay unloaded."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+    key = "vae.per_channel_statistics.mean-of-means"
+    if key not in ckpt.shapes:
+        raise CheckpointError(f"{ckpt.path}: missing the video VAE latent statistics {key!r}")
+    stats = PerChannelStatistics(ckpt.shapes[key][0])
+    arrays, _ = ckpt.component_weights("vae_encoder")  # lazy: only the two statistics are read
+    prefix = "per_channel_statistics."
+    weights = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    # the reference casts the statistics to the build dtype like every other tensor
+    return load_strict(stats, weights, source=ckpt.path, dtype=dtype,
+                       origin=lambda k: "vae.per_channel_statistics." + k)
 
 
 def upsample_video(latent: mx.array, statistics, upsampler: LatentUpsampler) -> mx.array:
     """Normalised latent [B, C, F, H, W] -> upsampled normalised latent: the upsampler works
     on raw VAE means, so un-normalise first and normalise after. ``statistics`` is anything
-    with ``normalize``/``un_normalize`` over axis 1: a ``LatentStatistics`` or the video
-    encoder (the reference passes the encoder)."""
+    with ``normalize``/``un_normalize`` over axis 1: the statistics of
+    :func:`load_latent_statistics` or the video encoder (the reference passes the encoder)."""
     return statistics.normalize(upsampler(statistics.un_normalize(latent)))
