@@ -122,6 +122,21 @@ def _stereo_int16(audio, sample_rate, what: str) -> tuple[np.ndarray, int]:
     return (np.clip(x.astype(np.float32), -1.0, 1.0) * 32767.0).astype(np.int16), int(sample_rate)
 
 
+def fit_audio_to_video(audio, num_frames: int, fps: float, sample_rate: int) -> np.ndarray:
+    """Pad with silence or trim the end so the waveform (channels first, (C, S) or (1, C, S))
+    lasts exactly ``num_frames / fps`` seconds. The reference sizes the audio latent as
+    ``round(duration · 25)`` frames and decodes ``4·T − 3`` mel frames, so its waveform is up to
+    40 ms shorter than the video (97 frames at 24 fps: 4.010 s of audio for 4.042 s of video)
+    and it muxes it as it is; here both streams end together."""
+    x = _to_numpy(audio)
+    target = round(num_frames * sample_rate / fps)
+    have = x.shape[-1]
+    if have >= target:
+        return x[..., :target]
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, target - have)]
+    return np.pad(x, pad)
+
+
 def _partial_path(target: Path) -> Path:
     """A hidden, unique name in the target's folder (same filesystem, so the rename is atomic);
     it keeps the suffix so ffmpeg picks the container from it."""

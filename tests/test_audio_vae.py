@@ -8,7 +8,8 @@ from reference_data import TOL_BF16, TOL_F32, rel_err
 
 from mlx_ltx.config import ConfigError
 from mlx_ltx.loading import CheckpointError, load_component
-from mlx_ltx.models.audio_vae import AudioDecoder, AudioEncoder, AudioLatentShape, audio_positions
+from mlx_ltx.models.audio_vae import (LATENT_DOWNSAMPLE_FACTOR, AudioDecoder, AudioEncoder, AudioLatentShape,
+                                     audio_positions)
 
 DTYPES = [(mx.float32, TOL_F32), (mx.bfloat16, TOL_BF16)]
 
@@ -71,3 +72,30 @@ def test_unsupported_config_values_raise(fixture_set):
             AudioDecoder(bad)
     with pytest.raises(ConfigError, match="double_z"):
         AudioEncoder(type(cfg)(**{**cfg.__dict__, "double_z": False}))
+
+
+def test_audio_spans_the_video(fixture_set):
+    """97 frames at 24 fps: latent length by the reference's formula, decoded to mel and
+    waveform, then fitted to exactly the video's duration (the reference's own waveform is
+    up to one latent frame short)."""
+    from mlx_ltx.media import fit_audio_to_video
+    from mlx_ltx.models.vocoder import load_vocoder
+
+    cfg = fixture_set.checkpoint.config.audio_vae
+    frames, fps = 97, 24.0
+    shape = AudioLatentShape.from_video_pixel_shape(frames, fps, cfg)
+    latent = mx.random.normal(tuple(shape), key=mx.random.key(0))
+    mel = AudioDecoder.from_checkpoint(fixture_set.checkpoint)(latent)
+    vocoder = load_vocoder(fixture_set.checkpoint)
+    wave = vocoder(mel)
+    rate = vocoder.output_sampling_rate
+    assert mel.shape[2] == 4 * shape.frames - 3
+    if wave.shape[-1] * cfg.sampling_rate != mel.shape[2] * cfg.mel_hop_length * rate:
+        pytest.skip("this fixture's vocoder rates do not turn one mel hop into one hop of audio (toy config)")
+    short_by = frames / fps - wave.shape[-1] / rate
+    assert 0 <= short_by < LATENT_DOWNSAMPLE_FACTOR * cfg.mel_hop_length / cfg.sampling_rate
+    fitted = fit_audio_to_video(wave, frames, fps, rate)
+    assert fitted.shape[-1] / rate == pytest.approx(frames / fps, abs=0.5 / rate)
+    assert np.array_equal(fitted[..., : wave.shape[-1]], np.array(wave))
+    longer = fit_audio_to_video(np.ones((2, rate * 5)), frames, fps, rate)
+    assert longer.shape == (2, round(frames / fps * rate))
