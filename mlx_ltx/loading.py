@@ -222,9 +222,12 @@ def load_strict(
     origin: Callable[[str], str] | None = None,
     dtype: mx.Dtype | None = None,
     quantization: dict[str, Any] | None = None,
+    quantize: bool = True,
 ) -> nn.Module:
     """Load ``weights`` (module keys, reference layouts) into ``module`` with exact checks.
     ``origin`` maps a module key to the checkpoint key it came (or should come) from.
+    Layers stored with ``scales`` are quantized with ``quantization`` first, unless the caller
+    has already quantized the module (``quantize=False``; e.g. mlx-lm's per-layer settings).
 
     A module may define ``sanitize(key, value) -> value`` for the layout changes MLX needs
     (e.g. channels-last convolution kernels); it must not rename keys. Floating tensors are cast
@@ -234,7 +237,7 @@ def load_strict(
     sanitize: Callable[[str, mx.array], mx.array] | None = getattr(module, "sanitize", None)
     keep32 = set(getattr(module, "keep_float32_keys", ()))
     quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
-    if quantized:
+    if quantized and quantize:
         # as mlx-lm: exactly the layers stored with scales are quantized, with the recorded settings
         if not quantization:
             raise CheckpointError(f"{source}: quantized tensors (e.g. {sorted(quantized)[0]!r}.scales) but no "

@@ -44,7 +44,7 @@ def check_audio_vae_config(config: AudioVAEConfig) -> None:
                           f"the reference's ResnetBlock refuses a causal block with GroupNorm")
     if config.attn_type not in ATTN_TYPES:
         raise ConfigError(f"audio_vae config: attn_type={config.attn_type!r}; the reference implements "
-                          f"{list(ATTN_TYPES)} only ('linear' raises NotImplementedError there)")
+                          f"{list(ATTN_TYPES)} only (its 'linear' attention is an unimplemented stub)")
     if not config.resamp_with_conv and axis != "none":
         raise ConfigError(f"audio_vae config: resamp_with_conv=false with causality_axis={config.causality_axis!r}; "
                           f"the reference's Downsample allows pooling only without causality")

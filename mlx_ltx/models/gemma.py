@@ -20,11 +20,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models import gemma3_text
 from mlx_lm.models.rope_utils import initialize_rope
 
-from ..loading import CheckpointError
+from ..loading import CheckpointError, load_strict
 
 # gemma_assets.TOKENIZER_MAX_LENGTH: every prompt is padded to exactly this many tokens.
 TOKENIZER_MAX_LENGTH = 1024
@@ -279,30 +278,8 @@ def load_gemma_model(folder: str | os.PathLike, dtype: mx.Dtype = mx.bfloat16) -
     model = GemmaLanguageModel(config, vocab_size=embed.shape[0],
                                has_lm_head="language_model.lm_head.weight" in weights)
     _quantize_like_checkpoint(model, weights, config, folder)
-    expected = dict(tree_flatten(model.parameters()))
-    quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
-
-    def name(k: str) -> str:
-        return repr(origin.get(k, k))
-
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    mis_shaped = [f"{name(k)}: checkpoint {tuple(weights[k].shape)}, model expects {tuple(expected[k].shape)}"
-                  for k in sorted(set(expected) & set(weights)) if weights[k].shape != expected[k].shape]
-    if missing or extra or mis_shaped:
-        lines = [f"{folder}: the Gemma-3 language model built from config.json does not match the weights:"]
-        for label, items, sep in (("missing", [name(k) for k in missing], ", "),
-                                  ("unexpected", [name(k) for k in extra], ", "),
-                                  ("wrong shape", mis_shaped, "; ")):
-            if items:
-                lines.append(f"  {label} ({len(items)}): " + sep.join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
-    prepared = []
-    for k, v in weights.items():
-        layer, leaf = k.rsplit(".", 1)
-        keep = not mx.issubdtype(v.dtype, mx.floating) or (layer in quantized and leaf in ("scales", "biases"))
-        prepared.append((k, v if keep else v.astype(dtype)))
-    model.update(tree_unflatten(prepared))
+    load_strict(model, weights, source=f"{folder} (Gemma-3 language model)", origin=lambda k: origin.get(k, k),
+                dtype=dtype, quantize=False)
     mx.eval(model.parameters())
     return model
 
