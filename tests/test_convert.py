@@ -239,3 +239,26 @@ def test_text_encoder_converted_with_mlx_lm(fixture_set, tmp_path):
     converted = load_gemma_model(os.path.join(out, info["text_encoder"]), dtype=mx.float32).hidden_states(ids, mask)
     for a, b in zip(converted, reference):
         assert np.array_equal(np.array(a)[0, valid], np.array(b)[0, valid])
+
+
+def test_converted_folder_by_hf_repo_id_offline(fixture_set, tmp_path):
+    """A Hugging Face repo id of a converted folder resolves through the HF cache (offline mode
+    here: the cache is laid out as huggingface-hub lays it out)."""
+    import subprocess
+    import sys
+
+    src_dir, _ = _release_copy(fixture_set, tmp_path / "release")
+    cache = tmp_path / "hf"
+    snap = cache / "models--someone--ltx-mlx" / "snapshots" / "0123abc"
+    conv.convert(str(src_dir), "dev", str(snap), progress=lambda m: None)
+    (cache / "models--someone--ltx-mlx" / "refs").mkdir(parents=True)
+    (cache / "models--someone--ltx-mlx" / "refs" / "main").write_text("0123abc")
+    code = ("from mlx_ltx.loading import Checkpoint; c = Checkpoint('someone/ltx-mlx'); "
+            "print(c.path); print(len(c.shapes))")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    path, n = r.stdout.split()
+    assert os.path.samefile(path, snap) and int(n) == len(fixture_set.checkpoint.shapes)
+    missing = subprocess.run([sys.executable, "-c", "from mlx_ltx.loading import Checkpoint; "
+                              "Checkpoint('someone/absent')"], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "could not fetch 'someone/absent'" in missing.stderr
