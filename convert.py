@@ -22,6 +22,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=64, help="quantization group size (default 64)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="dtype of the unquantized tensors")
     p.add_argument("--upsamplers", default="", help=f"comma-separated, from {sorted(UPSAMPLER_PATTERNS)}")
+    p.add_argument("--loras", default="", help="comma-separated, from ['distilled'] (the distillation LoRA of the "
+                                                "dev two-stage pipelines)")
     p.add_argument("--text-encoder", help="Gemma-3 repo id or folder to convert with mlx-lm "
                                           "(the reference uses google/gemma-3-12b-it-qat-q4_0-unquantized)")
     p.add_argument("--text-encoder-quantize", choices=sorted(QUANT_BITS))
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     try:
         convert(args.source, args.variant, args.out, quantize=args.quantize, group_size=args.group_size,
                 dtype=args.dtype, upsamplers=[u for u in args.upsamplers.split(",") if u],
+                loras=[n for n in args.loras.split(",") if n],
                 text_encoder=args.text_encoder, text_encoder_quantize=args.text_encoder_quantize, force=args.force,
                 shard_bytes=int(args.shard_gb * 2**30), hash_sources=not args.no_hash)
     except (ConvertError, CheckpointError) as e:

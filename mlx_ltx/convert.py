@@ -36,6 +36,8 @@ UPSAMPLER_PATTERNS = {
     "x1.5": "*spatial-upscaler-x1.5*.safetensors",
     "temporal-x2": "*temporal-upscaler-x2*.safetensors",
 }
+# LoRAs the pipelines use: the distillation LoRA of the dev two-stage pipelines
+LORA_PATTERNS = {"distilled": "*distilled-lora*.safetensors"}
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 QUANT_BITS = {"q8": 8, "q4": 4}
 DEFAULT_SHARD_BYTES = 4 * 2**30
@@ -63,6 +65,12 @@ def should_quantize(key: str, shape: tuple[int, ...], group_size: int) -> bool:
 class SourceFiles:
     model: str
     upsamplers: dict[str, str] = field(default_factory=dict)
+    loras: dict[str, str] = field(default_factory=dict)
+
+    def side_files(self) -> list[tuple[str, str, str]]:
+        """(kind, name, path) of the upsamplers and LoRAs to copy beside the model."""
+        return ([("upsampler", n, p) for n, p in self.upsamplers.items()]
+                + [("lora", n, p) for n, p in self.loras.items()])
 
 
 def _pick(folder: str, names: Iterable[str], what: str) -> str:
@@ -73,34 +81,36 @@ def _pick(folder: str, names: Iterable[str], what: str) -> str:
     raise ConvertError(f"{folder}: no {what} file; looked for {list(names)}, found {present or 'no .safetensors'}")
 
 
-def resolve_sources(source: str, variant: str, upsamplers: list[str]) -> SourceFiles:
+def resolve_sources(source: str, variant: str, upsamplers: list[str], loras: list[str] = ()) -> SourceFiles:
     """A local .safetensors, a local folder holding the release files, or an HF repo id (only the
     needed files are downloaded; the HF cache and offline mode are honoured)."""
     if variant not in MODEL_FILES:
         raise ConvertError(f"--variant {variant!r}: choose from {sorted(MODEL_FILES)}")
-    for u in upsamplers:
-        if u not in UPSAMPLER_PATTERNS:
-            raise ConvertError(f"--upsamplers {u!r}: choose from {sorted(UPSAMPLER_PATTERNS)}")
+    wanted = [("upsamplers", UPSAMPLER_PATTERNS, n) for n in upsamplers] + [("loras", LORA_PATTERNS, n) for n in loras]
+    for flag, patterns, name in wanted:
+        if name not in patterns:
+            raise ConvertError(f"--{flag} {name!r}: choose from {sorted(patterns)}")
     if os.path.isfile(source):
-        if upsamplers:
-            raise ConvertError("--upsamplers needs --source to be a folder or a Hugging Face repo id, not one file")
+        if wanted:
+            raise ConvertError("--upsamplers / --loras need --source to be a folder or a Hugging Face repo id, not "
+                               "one file")
         return SourceFiles(model=source)
     if not os.path.isdir(source):
         if source.count("/") != 1:
             raise ConvertError(f"--source {source!r}: not a file, a folder, or a Hugging Face repo id")
         from huggingface_hub import snapshot_download
 
-        patterns = MODEL_FILES[variant] + [UPSAMPLER_PATTERNS[u] for u in upsamplers]
+        allow = MODEL_FILES[variant] + [patterns[name] for _, patterns, name in wanted]
         try:
-            source = snapshot_download(source, allow_patterns=patterns)
+            source = snapshot_download(source, allow_patterns=allow)
         except Exception as e:
-            raise ConvertError(f"could not fetch {patterns} from {source!r} ({type(e).__name__}: {e})") from None
+            raise ConvertError(f"could not fetch {allow} from {source!r} ({type(e).__name__}: {e})") from None
     files = SourceFiles(model=_pick(source, MODEL_FILES[variant], f"{variant} model"))
-    for u in upsamplers:
-        found = sorted(glob.glob(os.path.join(source, UPSAMPLER_PATTERNS[u])))
+    for flag, patterns, name in wanted:
+        found = sorted(glob.glob(os.path.join(source, patterns[name])))
         if not found:
-            raise ConvertError(f"{source}: no {u} upsampler ({UPSAMPLER_PATTERNS[u]})")
-        files.upsamplers[u] = found[-1]  # the highest version sorts last
+            raise ConvertError(f"{source}: no {name} {flag[:-1]} file ({patterns[name]})")
+        getattr(files, flag)[name] = found[-1]  # the highest version sorts last
     return files
 
 
@@ -168,6 +178,7 @@ def convert(
     group_size: int = 64,
     dtype: str = "bfloat16",
     upsamplers: Iterable[str] = (),
+    loras: Iterable[str] = (),
     text_encoder: str | None = None,
     text_encoder_quantize: str | None = None,
     force: bool = False,
@@ -185,7 +196,7 @@ def convert(
     out = os.path.abspath(out.rstrip("/"))
     if os.path.exists(out) and not force:
         raise ConvertError(f"{out} exists; pass --force to replace it")
-    files = resolve_sources(source, variant, list(upsamplers))
+    files = resolve_sources(source, variant, list(upsamplers), list(loras))
     src = Checkpoint(files.model)
     if not isinstance(src.metadata.get("config"), dict):
         raise ConvertError(f"{files.model}: no LTX 'config' in its metadata; is it an official LTX checkpoint?")
@@ -209,7 +220,7 @@ def convert(
     if bits and not any(should_quantize(k, src.shapes[k], group_size) for k in plan_files.get("transformer", [])):
         raise ConvertError(f"--quantize {quantize}: no transformer linear layer has an input width divisible by "
                            f"--group-size {group_size}")
-    for path in files.upsamplers.values():
+    for _, _, path in files.side_files():
         total += sum(math.prod(v["shape"]) * target.size
                      for k, v in read_safetensors_header(path).items() if k != "__metadata__")
     parent = os.path.dirname(out)
@@ -226,7 +237,7 @@ def convert(
         info = _write(src, files, partial, plan_files, target, bits, group_size, shard_bytes, progress)
         info["sources"] = [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
                             "sha256": sha256_file(p) if hash_sources else None}
-                           for p in [files.model, *files.upsamplers.values()]]
+                           for p in [files.model, *(path for _, _, path in files.side_files())]]
         info["dtype"] = dtype
         info["variant"] = variant
         if text_encoder:
@@ -270,25 +281,24 @@ def _write(src: Checkpoint, files: SourceFiles, out_dir: str, plan: dict[str, li
         components[comp] = writer.written
         progress(f"{comp}: {len(keys)} tensors -> {len(writer.written)} file(s)")
     del arrays
-    upsampler_files = {}
-    for name, path in files.upsamplers.items():
-        up = Checkpoint(path)
-        cfg = up.metadata.get("config")
-        if not isinstance(cfg, dict):
+    side: dict[str, dict[str, str]] = {"upsampler": {}, "lora": {}}
+    for kind, name, path in files.side_files():
+        raw_meta = read_safetensors_header(path).get("__metadata__") or {}
+        if kind == "upsampler" and not isinstance(Checkpoint(path).metadata.get("config"), dict):
             raise ConvertError(f"{path}: no upsampler 'config' in its metadata")
         tensors = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) and v.ndim > 0 else v
                    for k, v in mx.load(path).items()}
-        fname = f"upsampler-{name}.safetensors"
-        mx.save_safetensors(os.path.join(out_dir, fname), tensors, metadata={"config": json.dumps(cfg)})
-        upsampler_files[name] = fname
-        progress(f"upsampler {name}: {len(tensors)} tensors")
+        fname = f"{kind}-{name}.safetensors"
+        mx.save_safetensors(os.path.join(out_dir, fname), tensors, metadata=raw_meta)  # metadata kept as it was
+        side[kind][name] = fname
+        progress(f"{kind} {name}: {len(tensors)} tensors")
     metadata = {k: v for k, v in src.metadata.items()}
     quant = None
     if bits:
         quant = {"bits": bits, "group_size": group_size, "mode": "affine", "layers": quantized_layers,
                  "predicate": _QUANTIZED_LINEAR.pattern}
     return {"format": CONVERTED_FORMAT, "format_version": 1, "model_version": metadata.get("model_version"),
-            "metadata": metadata, "quantization": quant, "components": components, "upsamplers": upsampler_files}
+            "metadata": metadata, "quantization": quant, "components": components, "upsamplers": side["upsampler"], "loras": side["lora"]}
 
 
 def _convert_text_encoder(spec: str, out_dir: str, dtype: str, quantize: str | None, group_size: int) -> str:
@@ -316,7 +326,7 @@ def _verify(folder: str, src: Checkpoint, info: dict) -> None:
     if got != expected | extra:
         missing = sorted(expected - got)
         raise ConvertError(f"verification failed: {len(missing)} tensors missing in the output, e.g. {missing[:3]}")
-    for name in info["upsamplers"].values():
+    for name in [*info["upsamplers"].values(), *info["loras"].values()]:
         read_safetensors_header(os.path.join(folder, name))
 
 

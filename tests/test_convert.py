@@ -262,3 +262,37 @@ def test_converted_folder_by_hf_repo_id_offline(fixture_set, tmp_path):
     missing = subprocess.run([sys.executable, "-c", "from mlx_ltx.loading import Checkpoint; "
                               "Checkpoint('someone/absent')"], env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "could not fetch 'someone/absent'" in missing.stderr
+
+
+def test_lora_is_copied_with_its_metadata(fixture_set, tmp_path):
+    src_dir, _ = _release_copy(fixture_set, tmp_path / "release")
+    block = next(k for k in fixture_set.checkpoint.shapes if k.endswith("attn1.to_q.weight"))
+    base = block.replace("model.diffusion_model.", "diffusion_model.")[: -len(".weight")]
+    out_dim, in_dim = fixture_set.checkpoint.shapes[block]
+    lora = {f"{base}.lora_A.weight": mx.random.normal((4, in_dim)).astype(mx.bfloat16),
+            f"{base}.lora_B.weight": mx.random.normal((out_dim, 4)).astype(mx.bfloat16)}
+    name = "ltx-2.3-22b-distilled-lora-384-1.1.safetensors"
+    mx.save_safetensors(str(src_dir / name), lora, metadata={"rank": "4"})
+    with pytest.raises(conv.ConvertError, match="--loras 'other'"):
+        conv.convert(str(src_dir), "dev", str(tmp_path / "m"), loras=["other"], progress=lambda m: None)
+    out = conv.convert(str(src_dir), "dev", str(tmp_path / "m"), loras=["distilled"], progress=lambda m: None)
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    written, meta = mx.load(os.path.join(out, info["loras"]["distilled"]), return_metadata=True)
+    assert meta == {"rank": "4"} and written.keys() == lora.keys()
+    assert all(mx.array_equal(written[k], lora[k]) for k in lora)
+    assert name in [s["file"] for s in info["sources"]]
+
+
+def test_cli(fixture_set, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("convert_cli", Path(__file__).parents[1] / "convert.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    src_dir, ups = _release_copy(fixture_set, tmp_path / "release")
+    assert cli.main(["--source", str(src_dir), "--variant", "dev", "--out", str(tmp_path / "m"), "--no-hash",
+                     "--upsamplers", ",".join(ups)]) == 0
+    assert Checkpoint(tmp_path / "m").shapes.keys() == fixture_set.checkpoint.shapes.keys()
+    assert cli.main(["--source", str(tmp_path / "nowhere"), "--variant", "dev", "--out", str(tmp_path / "n")]) == 1
+    assert "not a file, a folder, or a Hugging Face repo id" in capsys.readouterr().err
