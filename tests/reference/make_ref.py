@@ -381,6 +381,9 @@ def main() -> None:  # noqa: PLR0915
         gold["transformer"].update({"in.uniform.video.timesteps": v_uni.timesteps,
                                     "out.uniform.video": vx_u, "out.uniform.audio": ax_u})
 
+        # ---- LoRA fusion: random test LoRAs, fused by the reference's own builder path
+        gold["lora"], lora_files = lora_golden(args.out, PREFIX, ckpt_path, R_tr, video, audio, SEED, report)
+
         # ---- video VAE encode / decode (SpaceToDepth + DepthToSpace, causal convs)
         vf, vh, vw = V["vae_grid"]
         pix = torch.rand(1, 3, 1 + scale.time * (vf - 1), scale.height * vh, scale.width * vw, generator=g) * 2 - 1
@@ -524,6 +527,7 @@ def main() -> None:  # noqa: PLR0915
         "upsamplers": {n: f"{PREFIX}-{n}-upscaler.safetensors" for n in V["upsamplers"]},
         "gemma_dir": None if args.no_gemma else "tiny-gemma3",
         "goldens": sorted(f"golden_{n}.safetensors" for n in gold),
+        "loras": lora_files,
     }
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
@@ -531,6 +535,78 @@ def main() -> None:  # noqa: PLR0915
     with open(os.path.join(args.out, "REPORT.txt"), "w") as f:
         f.write("\n".join(report) + "\n")
     print("\n".join(report))
+
+
+def lora_golden(out_dir: str, prefix: str, ckpt_path: str, R_tr, video, audio, SEED: int, report: list[str]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Two random LoRAs in the official key layout (``diffusion_model.<path>.lora_{A,B}.weight``, bf16),
+    fused into freshly built transformers by ``SingleGPUModelBuilder(..., loras=...)`` (the pipelines' path:
+    ``apply_loras`` + ``bf16_fuse_rule`` on the file's state dict, then the cast to the build dtype).
+    Own generator (SEED + 41): every other golden stays byte-identical."""
+    from safetensors import safe_open
+
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps
+
+    gl = torch.Generator().manual_seed(SEED + 41)
+    linears = {n: m for n, m in R_tr.named_modules() if isinstance(m, torch.nn.Linear)}
+    last = len(R_tr.transformer_blocks) - 1
+    b0 = "transformer_blocks.0."
+    t1 = sorted(n for n in linears if n.startswith(b0) and n.endswith((".to_q", ".to_v", "ff.net.0.proj", "ff.net.2")))
+    t1 += [f"transformer_blocks.{last}.audio_attn1.to_k", "patchify_proj"]
+    t2 = [b0 + "attn1.to_q", b0 + "attn1.to_out.0"]
+    # a connector target: the reference fuses it into the transformer's state dict (its SDOps keep the
+    # connector keys), then load_state_dict(strict=False) drops it, so it changes nothing
+    conn = "video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q"
+
+    def make(targets, rank, extra=()):
+        sd = {}
+        for n in targets:
+            out_f, in_f = linears[n].weight.shape
+            sd[f"diffusion_model.{n}.lora_A.weight"] = torch.randn(rank, in_f, generator=gl) / math.sqrt(in_f)
+            sd[f"diffusion_model.{n}.lora_B.weight"] = torch.randn(out_f, rank, generator=gl) * 0.15
+        for n, (out_f, in_f) in extra:
+            sd[f"diffusion_model.{n}.lora_A.weight"] = torch.randn(rank, in_f, generator=gl) / math.sqrt(in_f)
+            sd[f"diffusion_model.{n}.lora_B.weight"] = torch.randn(out_f, rank, generator=gl) * 0.15
+        return {k: v.to(torch.bfloat16).contiguous() for k, v in sd.items()}
+
+    with safe_open(ckpt_path, "pt") as f:
+        conn_shape = tuple(f.get_slice(f"model.diffusion_model.{conn}.weight").get_shape())
+    files = {"test": f"{prefix}-lora.safetensors", "test2": f"{prefix}-lora2.safetensors"}
+    paths = {}
+    for name, sd in (("test", make(t1, 4, [(conn, conn_shape)])), ("test2", make(t2, 2))):
+        paths[name] = os.path.join(out_dir, files[name])
+        rank = sd[next(iter(sd))].shape[0]
+        save_file(sd, paths[name], metadata={"lora_rank": str(rank), "note": "random test LoRA (make_ref.py)"})
+        canonicalize_header(paths[name])
+
+    def fused(loras, dtype=torch.float32):
+        return SingleGPUModelBuilder(
+            model_class_configurator=LTXModelConfigurator, model_path=ckpt_path,
+            model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP,
+            loras=tuple(LoraPathStrengthAndSDOps(paths[n], s, LTXV_LORA_COMFY_RENAMING_MAP) for n, s in loras),
+        ).build(device=torch.device("cpu"), dtype=dtype).eval()
+
+    out: dict[str, torch.Tensor] = {"in.strengths": torch.tensor([0.5, 1.0]),
+                                    "in.mix.strengths": torch.tensor([0.5, -0.75])}
+    cases = {"s050": ([("test", 0.5)], t1), "s100": ([("test", 1.0)], t1),
+             "mix": ([("test", 0.5), ("test2", -0.75)], sorted(set(t1) | set(t2)))}
+    for tag, (loras, touched) in cases.items():
+        m = fused(loras)
+        mods = dict(m.named_modules())
+        for n in touched:
+            out[f"{tag}.weight.{n}"] = mods[n].weight.detach().clone()
+        vx, ax = m(video, audio, None)
+        out[f"{tag}.out.video"], out[f"{tag}.out.audio"] = vx, ax
+        base = dict(R_tr.named_modules())
+        d = max((mods[n].weight - base[n].weight).abs().max().item() for n in touched)
+        report.append(f"lora.{tag}: {loras}, {len(touched)} layers, max|dW| {d:.3e}, "
+                      f"out.video max|diff| vs base {(vx - R_tr(video, audio, None)[0]).abs().max().item():.3e}")
+        del m
+    # the bf16 build fuses the same bf16 state dict before the cast: identical fused weights
+    m16 = dict(fused([("test", 1.0)], torch.bfloat16).named_modules())
+    assert all(torch.equal(m16[n].weight.float(), out[f"s100.weight.{n}"]) for n in t1), "bf16 build fuses differently"
+    report.append("lora: the bf16 build's fused weights equal the float32 build's (fusion happens before the cast)")
+    return out, files
 
 
 def gemma_golden(out_dir: str, proc: EmbeddingsProcessor, report: list[str], V: dict, SEED: int

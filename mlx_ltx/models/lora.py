@@ -1,0 +1,288 @@
+"""LoRA adapters for the LTX transformer: strict loading, fusion into a loaded model, restore.
+
+Reference twins: ``ltx_core/loader/sd_ops.py :: LTXV_LORA_COMFY_RENAMING_MAP`` (key renaming),
+``ltx_core/loader/fuse_loras.py :: aggregate_lora_products, _bf16_fuse, fuse_lora_weights``
+(the arithmetic) and ``ltx_core/loader/single_gpu_model_builder.py :: _load_model_weights``
+(when it runs: on the transformer's state dict as read from the file, before the cast to the
+build dtype).
+
+The reference fuses at build time and rebuilds the model for another strength. Here the
+fusion is applied in place to a loaded ``LTXModel`` and can be undone, so a two-stage pipeline
+fuses strength 0.25 for stage 1, restores, and fuses 0.5 for stage 2 on one loaded model. Only
+the touched layers' original arrays are kept for the restore.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..loading import Checkpoint, CheckpointError
+
+# LTXV_LORA_COMFY_RENAMING_MAP: a plain str.replace of the substring (not prefix-only), like every SDOps.
+LORA_KEY_PREFIX = "diffusion_model."
+LORA_A_SUFFIX = ".lora_A.weight"
+LORA_B_SUFFIX = ".lora_B.weight"
+# The reference's transformer state dict still holds the embeddings connectors (its SDOps select
+# every ``model.diffusion_model.*`` key), so a LoRA factor aimed at them is fused there and then
+# dropped by ``load_state_dict(strict=False)``: it never changes the model. Those are skipped here.
+CONNECTOR_TARGETS = ("video_embeddings_connector.", "audio_embeddings_connector.")
+# fuse_loras.py :: bf16_fuse_rule (CPU/CUDA; only the MPS device rule aggregates in float32)
+AGGREGATION_DTYPE = mx.bfloat16
+_FLOAT_DTYPES = {"F32", "F16", "BF16"}
+
+
+class LoRAError(CheckpointError):
+    """A LoRA file that does not fit the model it is fused into, or a misuse of fusion."""
+
+
+@dataclass(frozen=True)
+class LoRAPair:
+    """One target's factors: ``a`` [rank, in], ``b`` [out, rank] (the file's keys kept for messages)."""
+
+    a: mx.array
+    b: mx.array
+    key_a: str
+    key_b: str
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+
+@dataclass
+class LoRA:
+    """A LoRA file opened lazily: ``pairs`` maps transformer module paths to their factors."""
+
+    path: str
+    pairs: dict[str, LoRAPair]
+    skipped: tuple[str, ...] = ()  # connector targets (see CONNECTOR_TARGETS)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        ranks = sorted({p.rank for p in self.pairs.values()})
+        return f"LoRA({self.path!r}, {len(self.pairs)} layers, rank {ranks})"
+
+
+def load_lora(path: str | os.PathLike) -> LoRA:
+    """Open a LoRA in the official layout (``diffusion_model.<path>.lora_{A,B}.weight``).
+
+    The reference only ever reads ``lora_A``/``lora_B`` pairs and silently ignores every other
+    tensor (``.alpha``, ``diff``, ``diff_b``, a factor without its partner); it applies no
+    alpha/rank scaling. Any such tensor would be lost without notice, so it is an error here."""
+    ckpt = Checkpoint(path)
+    src = ckpt.path
+    factors: dict[str, dict[str, str]] = {}
+    bad: list[str] = []
+    for key in ckpt.shapes:
+        name = key.replace(LORA_KEY_PREFIX, "")
+        for suffix, slot in ((LORA_A_SUFFIX, "a"), (LORA_B_SUFFIX, "b")):
+            if name.endswith(suffix):
+                target = name[: -len(suffix)]
+                if slot in factors.setdefault(target, {}):
+                    raise LoRAError(f"{src}: {key!r} and {factors[target][slot]!r} name the same target {target!r}")
+                factors[target][slot] = key
+                break
+        else:
+            bad.append(key)
+    if bad:
+        raise LoRAError(f"{src}: tensors that are not LoRA factors (only '<path>{LORA_A_SUFFIX}' / "
+                        f"'<path>{LORA_B_SUFFIX}' pairs are fused, with no alpha scaling): {sorted(bad)[:8]}"
+                        + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    unpaired = sorted(next(iter(f.values())) for f in factors.values() if len(f) != 2)
+    if unpaired:
+        raise LoRAError(f"{src}: LoRA factors without their lora_A/lora_B partner: {unpaired[:8]}")
+
+    arrays = mx.load(src)  # lazy: nothing is read before a layer is fused
+    pairs: dict[str, LoRAPair] = {}
+    skipped = []
+    for target, f in sorted(factors.items()):
+        ka, kb = f["a"], f["b"]
+        for k in (ka, kb):
+            if ckpt.dtypes[k] not in _FLOAT_DTYPES:
+                raise LoRAError(f"{src}: {k!r} has dtype {ckpt.dtypes[k]}; LoRA factors must be float")
+        sa, sb = ckpt.shapes[ka], ckpt.shapes[kb]
+        if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1]:
+            raise LoRAError(f"{src}: {ka!r} {list(sa)} and {kb!r} {list(sb)} are not A [rank, in] and B [out, rank]")
+        if target.startswith(CONNECTOR_TARGETS):
+            skipped.append(target)
+            continue
+        pairs[target] = LoRAPair(arrays[ka], arrays[kb], ka, kb)
+    if not pairs:
+        raise LoRAError(f"{src}: no LoRA factors for the transformer")
+    return LoRA(src, pairs, tuple(skipped), ckpt.metadata)
+
+
+def aggregate_lora_products(products: Sequence[tuple[LoRAPair, float]]) -> mx.array:
+    """``Σ (B·strength) @ A`` in bfloat16, rounded where the reference rounds: the first
+    product as ``(B·s) @ A`` (B·s rounded first), every further one accumulated as
+    ``Δ + s·(B @ A)`` in one rounding (the reference's in-place ``addmm_``)."""
+    aggregated = None
+    for pair, strength in products:
+        a = pair.a.astype(AGGREGATION_DTYPE)
+        b = pair.b.astype(AGGREGATION_DTYPE)
+        if aggregated is None:
+            aggregated = (b * strength) @ a
+        else:
+            aggregated = mx.addmm(aggregated, b, a, alpha=strength)
+    return aggregated
+
+
+def bf16_fuse(weight: mx.array, deltas: mx.array) -> mx.array:
+    """``_bf16_fuse``: the sum is taken in place in the bf16 delta buffer, so the fused weight
+    is rounded to bfloat16 even in a float32 model, then cast back to the weight's dtype."""
+    return (deltas + weight).astype(AGGREGATION_DTYPE).astype(weight.dtype)
+
+
+def _linear_dims(layer: nn.Module) -> tuple[int, int]:
+    """(out, in) of a Linear or QuantizedLinear."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return layer.weight.shape[0], layer.scales.shape[-1] * layer.group_size
+    return tuple(layer.weight.shape)
+
+
+def _check_targets(model: nn.Module, loras: Sequence[tuple[LoRA, float]]) -> dict[str, nn.Module]:
+    """Every target must be a Linear of ``model`` with matching shapes; all problems at once."""
+    modules = dict(model.named_modules())
+    layers: dict[str, nn.Module] = {}
+    errors = []
+    for lora, _ in loras:
+        for target, pair in lora.pairs.items():
+            layer = modules.get(target)
+            if not isinstance(layer, (nn.Linear, nn.QuantizedLinear)):
+                what = "no such module" if layer is None else f"a {type(layer).__name__}, not a Linear"
+                errors.append(f"{pair.key_a!r}: {what} at {target!r}")
+                continue
+            out_f, in_f = _linear_dims(layer)
+            if pair.a.shape[1] != in_f or pair.b.shape[0] != out_f:
+                errors.append(f"{pair.key_a!r} {list(pair.a.shape)} / {pair.key_b!r} {list(pair.b.shape)} do not "
+                              f"fit {target}.weight [{out_f}, {in_f}]")
+                continue
+            extra = set(layer.keys()) - {"weight", "bias", "scales", "biases"}
+            if extra:
+                errors.append(f"{target}: quantized layer with {sorted(extra)}: fusion supports weight/scales/biases")
+                continue
+            layers[target] = layer
+    if errors:
+        src = ", ".join(sorted({lora.path for lora, _ in loras}))
+        raise LoRAError(f"LoRA ({src}) does not fit the transformer: " + "; ".join(errors[:8])
+                        + (f"; and {len(errors) - 8} more" if len(errors) > 8 else ""))
+    return layers
+
+
+@dataclass
+class _FusedState:
+    loras: tuple[tuple[str, float], ...]
+    # module path -> {param name: original array}, or {param name: its dtype} when restoring from a file
+    originals: dict[str, dict[str, Any]]
+    restore_from: Checkpoint | None = None
+
+
+def _restore_keys(checkpoint: Checkpoint, layers: dict[str, nn.Module]) -> None:
+    """Every touched tensor must be in the checkpoint as the model holds it (a layer quantized
+    after loading, for instance, could not be restored from the file)."""
+    keys = checkpoint.component_keys("transformer")
+    bad = []
+    for target, layer in layers.items():
+        for n in _fused_names(layer):
+            ckey = keys.get(f"{target}.{n}")
+            if ckey is None or checkpoint.shapes[ckey] != tuple(layer[n].shape):
+                bad.append(f"{target}.{n}")
+    if bad:
+        raise LoRAError(f"{checkpoint.path} does not hold the model's current {bad[:4]}: it cannot restore them; "
+                        f"fuse without restore_from to keep the original arrays instead")
+
+
+def _fused_names(layer: nn.Module) -> tuple[str, ...]:
+    if isinstance(layer, nn.QuantizedLinear):
+        return ("weight", "scales", "biases") if layer.get("biases") is not None else ("weight", "scales")
+    return ("weight",)
+
+
+def fuse_loras(model: nn.Module, loras: Sequence[tuple[LoRA, float]], *,
+               restore_from: Checkpoint | str | os.PathLike | None = None) -> list[str]:
+    """Fuse ``[(lora, strength), ...]`` into ``model`` in place; returns the fused module paths.
+
+    ``unfuse_loras`` restores the touched layers exactly. By default their original arrays are
+    kept. The distillation LoRA touches nearly every Linear of the transformer, so that is close
+    to a second copy of it; with ``restore_from`` = the checkpoint the model was loaded from,
+    only the dtypes are kept and the restore re-reads those tensors from the file (the same
+    cast as the load, so bit-exact).
+
+    ``W ← bf16(W + Σ_i (B_i·s_i) @ A_i).astype(W.dtype)``, products in bfloat16, LoRAs
+    aggregated in the given order. One layer's delta exists at a time (evaluated per layer).
+    A ``QuantizedLinear`` is dequantized, fused and re-quantized with its own group size, bits
+    and mode. That adds a second rounding on top of the layer's existing quantization error: up
+    to one step of the new scales per element (MLX's affine quantizer also rounds each group's
+    zero point, so it is not the ideal half step), and in a bf16 model a few bf16 roundings of
+    the dequantized values. Measured on the test fixtures (q8, group 32): the fused float32
+    model's outputs move by ~2e-3 relative; at q4 the step is 16x larger. Call ``unfuse_loras``
+    before fusing another set.
+    """
+    state = getattr(model, "_lora_fusion", None)
+    if state is not None:
+        raise LoRAError(f"the model already has LoRAs fused ({list(state.loras)}); call unfuse_loras first")
+    loras = list(loras)
+    strengths = [float(s) for _, s in loras]
+    # _load_model_weights: no LoRA, or all strengths exactly 0, loads the weights untouched. A mix
+    # of zero and non-zero strengths still runs every targeted layer through the bf16 rounding.
+    if not strengths or (min(strengths) == 0 and max(strengths) == 0):
+        return []
+    layers = _check_targets(model, loras)
+    if restore_from is not None:
+        restore_from = restore_from if isinstance(restore_from, Checkpoint) else Checkpoint(restore_from)
+        _restore_keys(restore_from, layers)
+    originals: dict[str, dict[str, Any]] = {}
+    for target in sorted(layers):
+        layer = layers[target]
+        deltas = aggregate_lora_products([(lora.pairs[target], s) for (lora, _), s in zip(loras, strengths)
+                                          if target in lora.pairs])
+        names = _fused_names(layer)
+        originals[target] = {n: layer[n].dtype if restore_from is not None else layer[n] for n in names}
+        if isinstance(layer, nn.QuantizedLinear):
+            weight = mx.dequantize(layer.weight, layer.scales, layer.get("biases"), group_size=layer.group_size,
+                                   bits=layer.bits, mode=layer.mode)
+            fused = mx.quantize(bf16_fuse(weight, deltas), group_size=layer.group_size, bits=layer.bits,
+                                mode=layer.mode)
+            new = dict(zip(names, fused))
+        else:
+            new = {"weight": bf16_fuse(layer.weight, deltas)}
+        mx.eval(new)  # deliberate: materialise this layer so its delta is freed before the next
+        for n, v in new.items():
+            layer[n] = v
+    model._lora_fusion = _FusedState(tuple((lora.path, s) for (lora, _), s in zip(loras, strengths)), originals,
+                                     restore_from)
+    return sorted(layers)
+
+
+def unfuse_loras(model: nn.Module) -> bool:
+    """Put back the exact arrays ``fuse_loras`` replaced; False when nothing was fused."""
+    state = getattr(model, "_lora_fusion", None)
+    if state is None:
+        return False
+    modules = dict(model.named_modules())
+    if state.restore_from is None:
+        for target, arrays in state.originals.items():
+            for n, v in arrays.items():
+                modules[target][n] = v
+    else:
+        weights, _ = state.restore_from.component_weights("transformer")  # lazy: only these tensors are read
+        for target, dtypes in state.originals.items():
+            # load_strict's cast; quantized payloads and scales keep their stored dtype, so no-op there
+            restored = {n: weights[f"{target}.{n}"].astype(dt) for n, dt in dtypes.items()}
+            mx.eval(restored)
+            for n, v in restored.items():
+                modules[target][n] = v
+    model._lora_fusion = None
+    return True
+
+
+def active_loras(model: nn.Module) -> tuple[tuple[str, float], ...]:
+    """(path, strength) of the LoRAs currently fused into ``model``; empty when none."""
+    state = getattr(model, "_lora_fusion", None)
+    return () if state is None else state.loras
