@@ -204,8 +204,23 @@ def resolve_model_path(spec: str | os.PathLike) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "text_encoder/*"])
+        # the config first: the official repos hold every release file (100+ GB), never fetch them whole
+        folder = snapshot_download(spec, allow_patterns=[CONVERTED_CONFIG])
+        config_path = os.path.join(folder, CONVERTED_CONFIG)
+        is_converted = False
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                is_converted = json.load(f).get("format") == CONVERTED_FORMAT
     except Exception as e:  # network, auth, missing repo: say which and what to do
+        raise CheckpointError(f"could not fetch {spec!r} from Hugging Face ({type(e).__name__}: {e}); "
+                              f"pass a local path instead") from None
+    if not is_converted:
+        raise CheckpointError(f"{spec!r} is not a model folder made by convert.py; convert the official release "
+                              f"first (python convert.py --source {spec} --variant distilled --out DIR) or pass a "
+                              f"local .safetensors file")
+    try:
+        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "text_encoder/*"])
+    except Exception as e:
         raise CheckpointError(f"could not fetch {spec!r} from Hugging Face ({type(e).__name__}: {e}); "
                               f"pass a local path instead") from None
 

@@ -296,3 +296,21 @@ def test_cli(fixture_set, tmp_path, capsys):
     assert Checkpoint(tmp_path / "m").shapes.keys() == fixture_set.checkpoint.shapes.keys()
     assert cli.main(["--source", str(tmp_path / "nowhere"), "--variant", "dev", "--out", str(tmp_path / "n")]) == 1
     assert "not a file, a folder, or a Hugging Face repo id" in capsys.readouterr().err
+
+
+def test_official_repo_id_is_not_downloaded_whole(tmp_path):
+    """A repo id that is not a converted folder (e.g. the official release) stops after its
+    config.json, with an error pointing to convert.py."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hf"
+    snap = cache / "models--someone--release" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "README.md").write_text("no config.json here, as in the official release repos")
+    (cache / "models--someone--release" / "refs").mkdir()
+    (cache / "models--someone--release" / "refs" / "main").write_text("abc")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "-c", "from mlx_ltx.loading import Checkpoint; Checkpoint('someone/release')"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "not a model folder made by convert.py" in r.stderr
