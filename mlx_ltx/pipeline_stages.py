@@ -1,0 +1,301 @@
+"""The four LTX text/image-to-video pipelines as data, and the one machinery that runs them
+(twins of ``ltx_pipelines/distilled.py``, ``ti2vid_one_stage.py``, ``ti2vid_two_stages.py``,
+``ti2vid_two_stages_hq.py`` and ``utils/blocks.py :: DiffusionStage``).
+
+A pipeline is a :class:`PipelineSpec`: one or two :class:`StageSpec` (pixel size divisor, sigma
+source, denoiser kind, stepper, distilled-LoRA strength, whether its audio is the one decoded).
+:func:`run_stages` runs any spec: per stage it builds the video and audio states (conditioning
+items applied, then noise: video drawn before audio, as ``DiffusionStage`` builds them), runs
+``denoise_loop``, drops appended guiding tokens and unpatchifies; between stages it upsamples the
+video latent ×2 and re-noises both streams at the stage-2 schedule's first sigma.
+
+Everything a stage needs from outside (the transformer with the right LoRA strength, image
+conditionings at a given size, the upsampler, noise) comes through a :class:`StageRuntime`, so
+tests inject the reference's noise and the pipeline object supplies lazily loaded models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import NamedTuple, Protocol
+
+import mlx.core as mx
+
+from .config import LTXConfig
+from .denoising import (
+    FactoryGuidedDenoiser,
+    GuidedDenoiser,
+    SimpleDenoiser,
+    denoise_loop,
+)
+from .guidance import (
+    LTX_2_3_HQ_PARAMS,
+    MultiModalGuider,
+    MultiModalGuiderFactory,
+    MultiModalGuiderParams,
+    PipelineParams,
+)
+from .latent_tools import AudioLatentTools, VideoLatentTools, noise_state
+from .sampling import (
+    EulerDiffusionStep,
+    LTX2Scheduler,
+    NoiseFn,
+    Res2sDiffusionStep,
+    distilled_sigmas,
+    stage2_distilled_sigmas,
+)
+
+
+class SigmaSource(Enum):
+    DISTILLED = "distilled"                          # DISTILLED_SIGMAS, 8 steps
+    STAGE_2 = "stage-2"                              # STAGE_2_DISTILLED_SIGMAS, 3 steps
+    SCHEDULER = "scheduler"                          # LTX2Scheduler(steps), 4096 tokens (shift 2.05)
+    SCHEDULER_WITH_LATENT = "scheduler-with-latent"  # LTX2Scheduler(steps, stage latent): HQ only
+
+
+class DenoiserKind(Enum):
+    SIMPLE = "simple"                  # SimpleDenoiser: positive prompt only
+    GUIDED_FACTORY = "guided-factory"  # FactoryGuidedDenoiser with constant factories (ti2vid)
+    GUIDED = "guided"                  # GuidedDenoiser with constant guiders (HQ)
+
+
+class Stepper(Enum):
+    EULER = "euler"
+    RES2S = "res2s"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One diffusion stage: runs at (height, width) / ``size_divisor``; ``distilled_lora`` is the
+    strength of the distilled LoRA fused for this stage (None: the model as loaded);
+    ``keeps_audio``: this stage's audio latent is the one decoded."""
+
+    size_divisor: int
+    sigmas: SigmaSource
+    denoiser: DenoiserKind
+    stepper: Stepper = Stepper.EULER
+    distilled_lora: float | None = None
+    keeps_audio: bool = False
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    stages: tuple[StageSpec, ...]
+    # HQ uses its own guidance preset and 15 steps whatever the checkpoint's generation
+    hq_params: bool = False
+
+    @property
+    def two_stage(self) -> bool:
+        return len(self.stages) == 2
+
+    @property
+    def guided(self) -> bool:
+        return any(s.denoiser is not DenoiserKind.SIMPLE for s in self.stages)
+
+    @property
+    def uses_steps(self) -> bool:
+        return any(s.sigmas in (SigmaSource.SCHEDULER, SigmaSource.SCHEDULER_WITH_LATENT) for s in self.stages)
+
+    @property
+    def needs_distilled_lora(self) -> bool:
+        return any(s.distilled_lora is not None for s in self.stages)
+
+    @property
+    def audio_stage(self) -> int:
+        return max(i for i, s in enumerate(self.stages) if s.keeps_audio)
+
+    def params(self, detected: PipelineParams) -> PipelineParams:
+        """Default steps and guider params: the checkpoint generation's (``detect_params``), or HQ's."""
+        return LTX_2_3_HQ_PARAMS if self.hq_params else detected
+
+
+_S = SigmaSource
+_D = DenoiserKind
+# DistilledPipeline: the stage-2 audio is refined and kept
+DISTILLED = PipelineSpec("distilled", (
+    StageSpec(2, _S.DISTILLED, _D.SIMPLE),
+    StageSpec(1, _S.STAGE_2, _D.SIMPLE, keeps_audio=True)))
+# TI2VidOneStagePipeline
+DEV = PipelineSpec("dev", (StageSpec(1, _S.SCHEDULER, _D.GUIDED_FACTORY, keeps_audio=True),))
+# TI2VidTwoStagesPipeline: stage 2 adds the distilled LoRA at 1.0; its audio is discarded
+DEV_TWO_STAGE = PipelineSpec("dev-two-stage", (
+    StageSpec(2, _S.SCHEDULER, _D.GUIDED_FACTORY, keeps_audio=True),
+    StageSpec(1, _S.STAGE_2, _D.SIMPLE, distilled_lora=1.0)))
+# TI2VidTwoStagesHQPipeline: res_2s in both stages, distilled LoRA 0.25 then 0.5, stage-2 audio discarded
+DEV_TWO_STAGE_HQ = PipelineSpec("dev-two-stage-hq", (
+    StageSpec(2, _S.SCHEDULER_WITH_LATENT, _D.GUIDED, Stepper.RES2S, distilled_lora=0.25, keeps_audio=True),
+    StageSpec(1, _S.STAGE_2, _D.SIMPLE, Stepper.RES2S, distilled_lora=0.5)), hq_params=True)
+
+PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (DISTILLED, DEV, DEV_TWO_STAGE, DEV_TWO_STAGE_HQ)}
+
+
+class Contexts(NamedTuple):
+    """Prompt contexts: positive video/audio, and negative ones (None for unguided pipelines)."""
+
+    video: mx.array
+    audio: mx.array
+    video_negative: mx.array | None = None
+    audio_negative: mx.array | None = None
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The final video: pixel frames, size and frame rate."""
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+
+
+# noise(shape, dtype, label) -> array; label "stage{k}.video" / "stage{k}.audio"
+NoiseProvider = Callable[[tuple[int, ...], mx.Dtype, str], mx.array]
+
+
+class SeededNoise:
+    """The whole generation's randomness from one seed (the reference's single ``torch.Generator``):
+    every draw splits the key, in the order the stages ask. MLX's generator is not torch's, so a
+    seed gives other numbers than the reference; the order (video before audio, stage 1 before
+    stage 2, then the decoder) is the reference's. Drawn in the state's dtype, as the noiser."""
+
+    def __init__(self, seed: int):
+        self._key = mx.random.key(seed)
+
+    def next_key(self) -> mx.array:
+        self._key, sub = mx.random.split(self._key)
+        return sub
+
+    def __call__(self, shape: tuple[int, ...], dtype: mx.Dtype, label: str) -> mx.array:
+        return mx.random.normal(shape, dtype=dtype, key=self.next_key())
+
+
+class StageRuntime(Protocol):
+    """What :func:`run_stages` takes from its caller."""
+
+    def model_for(self, stage: StageSpec):
+        """The transformer with the stage's distilled-LoRA strength fused."""
+
+    def conditionings(self, stage_index: int, height: int, width: int) -> list:
+        """Image conditioning items for a stage, encoded at that stage's pixel size."""
+
+    def upsample(self, video_latent: mx.array) -> mx.array:
+        """Spatial ×2 latent upsampling (normalised latent in, normalised latent out)."""
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    video_latent: mx.array  # [B, C, F, H, W]
+    audio_latent: mx.array  # [B, Ca, T, M]
+
+
+def stage_sigmas(stage: StageSpec, steps: int, video_tools: VideoLatentTools) -> mx.array:
+    if stage.sigmas is SigmaSource.DISTILLED:
+        return distilled_sigmas()
+    if stage.sigmas is SigmaSource.STAGE_2:
+        return stage2_distilled_sigmas()
+    if stage.sigmas is SigmaSource.SCHEDULER:
+        return LTX2Scheduler().execute(steps)
+    return LTX2Scheduler().execute(steps, latent_shape=tuple(video_tools.target_shape))
+
+
+def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModalGuiderParams,
+                  audio_params: MultiModalGuiderParams, max_batch_size: int | None = 1):
+    vc, ac = contexts.video, contexts.audio
+    if stage.denoiser is DenoiserKind.SIMPLE:
+        return SimpleDenoiser(vc, ac)
+    if contexts.video_negative is None or contexts.audio_negative is None:
+        raise ValueError("a guided stage needs the negative prompt's contexts")
+    if stage.denoiser is DenoiserKind.GUIDED_FACTORY:
+        return FactoryGuidedDenoiser(vc, ac, MultiModalGuiderFactory.constant(video_params, contexts.video_negative),
+                                     MultiModalGuiderFactory.constant(audio_params, contexts.audio_negative),
+                                     max_batch_size=max_batch_size)
+    return GuidedDenoiser(vc, ac, MultiModalGuider(video_params, contexts.video_negative),
+                          MultiModalGuider(audio_params, contexts.audio_negative), max_batch_size=max_batch_size)
+
+
+def make_stepper(stage: StageSpec, sde_noise: NoiseFn | None = None):
+    if stage.stepper is Stepper.EULER:
+        return EulerDiffusionStep()
+    # HQ passes no noise_seed: the reference's fixed default seeds, restarted in every stage
+    return Res2sDiffusionStep(new_noise=sde_noise)
+
+
+def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: Geometry, contexts: Contexts,
+              conditionings: list, noise: NoiseProvider, sigmas: mx.array, *,
+              video_params: MultiModalGuiderParams, audio_params: MultiModalGuiderParams,
+              initial: StageOutput | None = None, dtype: mx.Dtype = mx.float32, sde_noise: NoiseFn | None = None,
+              max_batch_size: int | None = 1, on_step=None) -> StageOutput:
+    """``DiffusionStage.__call__``: states at this stage's size (``initial`` latents re-noised at
+    ``sigmas[0]``), the loop, ``clear_conditioning``, unpatchify."""
+    height, width = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
+    video_tools = VideoLatentTools.from_pixel_shape(config, geometry.num_frames, height, width, geometry.fps)
+    audio_tools = AudioLatentTools.from_video_pixel_shape(config, geometry.num_frames, geometry.fps)
+    noise_scale = 1.0 if initial is None else float(sigmas[0].item())
+    states = []
+    for name, tools, items, init in (("video", video_tools, conditionings, initial and initial.video_latent),
+                                     ("audio", audio_tools, [], initial and initial.audio_latent)):
+        state = tools.create_initial_state(dtype, None if init is None else init.astype(dtype))
+        for item in items:
+            state = item.apply_to(state, tools)
+        drawn = noise(tuple(state.latent.shape), state.latent.dtype, f"stage{index + 1}.{name}")
+        states.append(noise_state(state, drawn, noise_scale))
+    denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size)
+    video, audio = denoise_loop(model, states[0], states[1], sigmas, denoiser, make_stepper(stage, sde_noise),
+                                on_step=on_step)
+    return StageOutput(video_tools.unpatchify(video_tools.clear_conditioning(video).latent),
+                       audio_tools.unpatchify(audio_tools.clear_conditioning(audio).latent))
+
+
+@dataclass
+class StageTrace:
+    """What :func:`run_stages` did, for inspection: per stage its sigmas and output, and the
+    upsampled latent handed to stage 2."""
+
+    sigmas: list[mx.array]
+    outputs: list[StageOutput]
+    upscaled: mx.array | None = None
+
+
+def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geometry: Geometry, contexts: Contexts,
+               noise: NoiseProvider, *, steps: int, video_params: MultiModalGuiderParams,
+               audio_params: MultiModalGuiderParams, dtype: mx.Dtype = mx.float32,
+               sigmas: dict[int, mx.array] | None = None, sde_noise: Callable[[int], NoiseFn | None] | None = None,
+               max_batch_size: int | None = 1, trace: StageTrace | None = None,
+               progress: Callable[[int, int, int], None] | None = None) -> tuple[mx.array, mx.array]:
+    """Run every stage of ``spec``; returns (final video latent, the kept stage's audio latent).
+    ``sigmas`` overrides a stage's schedule (by stage index, as the reference's ``stage_*_sigmas``);
+    ``sde_noise(stage_index)`` replaces res_2s's SDE draws; ``progress(stage, step, steps)`` is
+    called after every step."""
+    previous: StageOutput | None = None
+    outputs: list[StageOutput] = []
+    for index, stage in enumerate(spec.stages):
+        height, width = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
+        items = runtime.conditionings(index, height, width)
+        initial = None
+        if previous is not None:
+            upscaled = runtime.upsample(previous.video_latent)
+            if trace is not None:
+                trace.upscaled = upscaled
+            initial = replace(previous, video_latent=upscaled)
+        tools = VideoLatentTools.from_pixel_shape(config, geometry.num_frames, height, width, geometry.fps)
+        stage_sigma = sigmas[index] if sigmas and index in sigmas else stage_sigmas(stage, steps, tools)
+        model = runtime.model_for(stage)
+        on_step = None
+        if progress is not None:
+            n_steps = len(stage_sigma) - 1
+
+            def on_step(i, video_state, audio_state, k=index, n=n_steps):
+                progress(k, i + 1, n)
+        previous = run_stage(model, stage, index, config, geometry, contexts, items, noise, stage_sigma,
+                             video_params=video_params, audio_params=audio_params, initial=initial, dtype=dtype,
+                             sde_noise=sde_noise(index) if sde_noise else None, max_batch_size=max_batch_size,
+                             on_step=on_step)
+        mx.eval(previous.video_latent, previous.audio_latent)
+        outputs.append(previous)
+        if trace is not None:
+            trace.sigmas.append(stage_sigma)
+            trace.outputs.append(previous)
+    return outputs[-1].video_latent, outputs[spec.audio_stage].audio_latent

@@ -1,0 +1,393 @@
+"""Text/image-to-video generation: a :class:`Pipeline` loads what a :class:`PipelineSpec`
+(``pipeline_stages.py``) needs, lazily and once, and runs prompt encoding, the stages, the
+video and audio decoders and the mp4 writer.
+
+Memory (``low_memory=True``): Gemma and the connectors are dropped as soon as the prompts are
+encoded, before the transformer is loaded; the images are encoded for every stage before the
+transformer is loaded and the video encoder is dropped; the upsampler is dropped after use; the
+transformer is dropped before the VAE decodes, and each decoder after its stream; a LoRA fused
+for one stage is undone by re-reading the touched tensors from the checkpoint rather than by
+keeping their originals. With ``low_memory=False`` the text encoder, transformer, video encoder
+and upsampler stay loaded for the next ``generate`` call (the decoders are built per call).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .conditioning import ImageConditioningInput, combined_image_conditionings
+from .guidance import MultiModalGuiderParams, detect_params, parse_model_version
+from .loading import Checkpoint
+from .media import fit_audio_to_video, video_to_uint8, write_video
+from .pipeline_stages import (
+    PIPELINES,
+    Contexts,
+    Geometry,
+    NoiseProvider,
+    PipelineSpec,
+    SeededNoise,
+    StageSpec,
+    StageTrace,
+    run_stages,
+)
+
+# ltx_pipelines/utils/constants.py :: DEFAULT_NEGATIVE_PROMPT (the guided pipelines' default)
+DEFAULT_NEGATIVE_PROMPT = (
+    "has_subtitles, has_blurbox, transition from black, transition to black, speech_ending_short, "
+    "blurry, out of focus, overexposed, underexposed, low contrast, washed out colors, excessive noise, "
+    "grainy texture, poor lighting, flickering, motion blur, distorted proportions, unnatural skin tones, "
+    "deformed facial features, asymmetrical face, missing facial features, extra limbs, disfigured hands, "
+    "wrong hand count, artifacts around text, inconsistent perspective, camera shake, incorrect depth of "
+    "field, background too sharp, background clutter, distracting reflections, harsh shadows, inconsistent "
+    "lighting direction, color banding, cartoonish rendering, 3D CGI look, unrealistic materials, uncanny "
+    "valley effect, incorrect ethnicity, wrong gender, exaggerated expressions, wrong gaze direction, "
+    "mismatched lip sync, silent or muted audio, distorted voice, robotic voice, echo, background noise, "
+    "off-sync audio, incorrect dialogue, added dialogue, repetitive speech, jittery movement, awkward "
+    "pauses, incorrect timing, unnatural transitions, inconsistent framing, tilted camera, flat lighting, "
+    "inconsistent tone, cinematic oversaturation, stylized filters, or AI artifacts."
+)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    frames: np.ndarray            # uint8 [F, H, W, 3]
+    audio: np.ndarray | None      # float32 [2, S], exactly F / fps seconds
+    sample_rate: int | None
+    fps: float
+    path: Path | None
+    video_latent: mx.array
+    audio_latent: mx.array
+
+
+def _release() -> None:
+    gc.collect()
+    mx.clear_cache()
+
+
+def _side_file(checkpoint: Checkpoint, kind: str, name: str) -> str | None:
+    """A file listed in a converted folder's config.json (``upsamplers`` / ``loras``)."""
+    info = getattr(checkpoint, "info", None) or {}
+    rel = (info.get(kind) or {}).get(name)
+    return os.path.join(checkpoint.path, rel) if rel else None
+
+
+class Pipeline:
+    """One of the four pipelines over one checkpoint. Build with :meth:`from_pretrained`."""
+
+    def __init__(self, spec: PipelineSpec, checkpoint: Checkpoint, gemma: str | None, upsampler: str | None = None,
+                 distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool = True):
+        self.spec = spec
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.gemma = gemma
+        self.upsampler_path = upsampler
+        self.distilled_lora_path = distilled_lora
+        self.dtype = dtype
+        self.low_memory = low_memory
+        self.params = spec.params(detect_params(checkpoint))
+        version = checkpoint.metadata.get("model_version")
+        if spec.name == "distilled" and parse_model_version(None if version is None else str(version)) >= (2, 5):
+            # DistilledPipeline switches stage 1 to its ancestral Euler sampler from 2.5 on
+            raise ValueError(f"{checkpoint.path}: model_version {version} samples the distilled stage 1 with the "
+                             f"ancestral Euler sampler, which is not ported; LTX 2.0-2.4 checkpoints are supported")
+        self._text_encoder = None
+        self._transformer = None
+        self._video_encoder = None
+        self._upsampler = None
+        self._statistics = None
+        self._distilled_lora = None
+        self._lora_strength: float | None = None
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, pipeline: str = "distilled", *, gemma=None, upsampler=None,
+                        distilled_lora=None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool = True) -> Pipeline:
+        """``model``: an official .safetensors file, a convert.py folder or its HF repo id. A
+        converted folder supplies the Gemma text encoder, the spatial ×2 upsampler and the
+        distilled LoRA when it holds them; otherwise pass their paths (Gemma may be an HF repo id)."""
+        if pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
+        spec = PIPELINES[pipeline]
+        ckpt = Checkpoint(model)
+        info = getattr(ckpt, "info", None) or {}
+        if gemma is None and info.get("text_encoder"):
+            gemma = os.path.join(ckpt.path, info["text_encoder"])
+        if gemma is None:
+            raise ValueError(f"{ckpt.path} holds no text encoder: pass gemma= (--gemma), a Gemma-3 folder or "
+                             f"HF repo id such as google/gemma-3-12b-it-qat-q4_0-unquantized")
+        upsampler = upsampler or _side_file(ckpt, "upsamplers", "x2")
+        if spec.two_stage and upsampler is None:
+            raise ValueError(f"the {pipeline} pipeline needs the spatial x2 upsampler: pass upsampler= (--upsampler) "
+                             f"or convert the model with --upsamplers x2")
+        distilled_lora = distilled_lora or _side_file(ckpt, "loras", "distilled")
+        if spec.needs_distilled_lora and distilled_lora is None:
+            raise ValueError(f"the {pipeline} pipeline needs the distilled LoRA: pass distilled_lora= "
+                             f"(--distilled-lora) or convert the model with --loras distilled")
+        for what, path in (("upsampler", upsampler), ("distilled LoRA", distilled_lora)):
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"{what} file not found: {path}")
+        return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
+                   low_memory)
+
+    # ----------------------------------------------------------------- validation
+    def check_request(self, num_frames: int, height: int, width: int, fps: float,
+                      images: list[ImageConditioningInput], steps: int | None) -> None:
+        """Errors that say what to change, before anything is loaded."""
+        t, sh, sw = self.config.vae.scale_factors
+        div = 2 if self.spec.two_stage else 1
+        for name, size, f in (("height", height, sh * div), ("width", width, sw * div)):
+            if size < f or size % f:
+                lo = size // f * f
+                ok = " or ".join(str(n) for n in (lo, lo + f) if n >= f)
+                why = (" (two-stage pipelines run stage 1 at half size, which must be a multiple of "
+                       f"{f // div})" if div == 2 else "")
+                raise ValueError(f"{name} must be a multiple of {f} for the {self.spec.name} pipeline{why}; "
+                                 f"got {size}, {ok} would work")
+        if num_frames < 1 or (num_frames - 1) % t:
+            lo = (num_frames - 1) // t * t + 1
+            ok = " or ".join(str(n) for n in (lo, lo + t) if n >= 1)
+            raise ValueError(f"num_frames must be {t}k+1; got {num_frames}, {ok} would work")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive; got {fps}")
+        if steps is not None:
+            if not self.spec.uses_steps:
+                raise ValueError(f"the {self.spec.name} pipeline has fixed sigma schedules; do not pass steps")
+            if steps < 1:
+                raise ValueError(f"steps must be at least 1; got {steps}")
+        for img in images:
+            if not os.path.isfile(img.path):
+                raise FileNotFoundError(f"conditioning image not found: {img.path}")
+            if not 0 <= img.frame_idx < num_frames:
+                raise ValueError(f"image {img.path}: frame index {img.frame_idx} is outside the video's frames "
+                                 f"0..{num_frames - 1}")
+            if not 0.0 <= img.strength <= 1.0:
+                raise ValueError(f"image {img.path}: strength {img.strength} must be in [0, 1]")
+
+    # ----------------------------------------------------------------- text
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from .models.text_encoder import TextEncoder
+
+            self._text_encoder = TextEncoder(self.gemma, self.checkpoint, dtype=self.dtype, low_memory=self.low_memory)
+        return self._text_encoder
+
+    def encode_prompts(self, prompt: str, negative_prompt: str | None = None, enhance_prompt: bool = False,
+                       seed: int = 42) -> Contexts:
+        """Positive (and, for guided pipelines, negative) contexts in one Gemma pass; in low-memory
+        mode the whole text encoder is dropped afterwards."""
+        prompts = [prompt]
+        if self.spec.guided:
+            prompts.append(DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
+        encoded = self.text_encoder().encode_prompts(prompts, enhance_first_prompt=enhance_prompt,
+                                                     enhance_seed=seed)
+        if self.low_memory:
+            self._text_encoder = None
+            _release()
+        cast = (lambda x: x.astype(self.dtype))
+        pos = encoded[0]
+        if len(encoded) == 1:
+            return Contexts(cast(pos.video_encoding), cast(pos.audio_encoding))
+        neg = encoded[1]
+        return Contexts(cast(pos.video_encoding), cast(pos.audio_encoding), cast(neg.video_encoding),
+                        cast(neg.audio_encoding))
+
+    # ----------------------------------------------------------------- models (lazy, one copy)
+    def transformer(self):
+        if self._transformer is None:
+            from .models.transformer import LTXModel
+
+            self._transformer = LTXModel.from_checkpoint(self.checkpoint, dtype=self.dtype)
+            self._lora_strength = None
+        return self._transformer
+
+    def model_for(self, stage: StageSpec):
+        """The transformer with the stage's distilled-LoRA strength: fused in place, and the
+        previous strength unfused first (one copy of the weights)."""
+        model = self.transformer()
+        if stage.distilled_lora != self._lora_strength:
+            from .models.lora import fuse_loras, load_lora, unfuse_loras
+
+            unfuse_loras(model)
+            if stage.distilled_lora is not None:
+                if self._distilled_lora is None:
+                    self._distilled_lora = load_lora(self.distilled_lora_path)
+                # low memory: the restore re-reads the touched tensors from the checkpoint instead
+                # of keeping their originals (the distilled LoRA touches nearly every Linear)
+                fuse_loras(model, [(self._distilled_lora, stage.distilled_lora)],
+                           restore_from=self.checkpoint if self.low_memory else None)
+            self._lora_strength = stage.distilled_lora
+        return model
+
+    def video_encoder(self):
+        if self._video_encoder is None:
+            from .models.video_vae import VideoEncoder
+
+            self._video_encoder = VideoEncoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+        return self._video_encoder
+
+    def upsample(self, video_latent: mx.array) -> mx.array:
+        from .models.upsampler import (
+            LatentUpsampler,
+            load_latent_statistics,
+            upsample_video,
+        )
+
+        if self._upsampler is None:
+            self._upsampler = LatentUpsampler.from_file(self.upsampler_path, dtype=self.dtype)
+            self._statistics = load_latent_statistics(self.checkpoint, dtype=self.dtype)
+        out = upsample_video(video_latent.astype(self.dtype), self._statistics, self._upsampler)
+        mx.eval(out)
+        if self.low_memory:
+            self._upsampler = self._statistics = None
+            _release()
+        return out
+
+    def release(self) -> None:
+        """Drop every loaded model."""
+        self._text_encoder = self._transformer = self._video_encoder = None
+        self._upsampler = self._statistics = self._distilled_lora = None
+        self._lora_strength = None
+        _release()
+
+    # ----------------------------------------------------------------- diffusion
+    def denoise(self, contexts: Contexts, num_frames: int, height: int, width: int, fps: float, *,
+                images: list[ImageConditioningInput] = (), steps: int | None = None,
+                video_guider_params: MultiModalGuiderParams | None = None,
+                audio_guider_params: MultiModalGuiderParams | None = None, noise: NoiseProvider | int = 42,
+                sigmas: dict | None = None, sde_noise=None, max_batch_size: int | None = 1,
+                trace: StageTrace | None = None, progress=None) -> tuple[mx.array, mx.array]:
+        """The stages: (video latent [1,C,F,H,W], audio latent [1,Ca,T,M]). ``noise``: a seed or a
+        ``(shape, dtype, label) -> array`` provider (tests inject the reference's draws)."""
+        images = list(images)
+        self.check_request(num_frames, height, width, fps, images, steps)
+        geometry = Geometry(num_frames, height, width, float(fps))
+        noise = SeededNoise(noise) if isinstance(noise, int) else noise
+        per_stage = self._stage_conditionings(images, geometry)
+        runtime = _Runtime(self, per_stage)
+        video, audio = run_stages(
+            self.spec, runtime, self.config, geometry, contexts, noise,
+            steps=steps or self.params.num_inference_steps,
+            video_params=video_guider_params or self.params.video_guider_params,
+            audio_params=audio_guider_params or self.params.audio_guider_params,
+            dtype=self.dtype, sigmas=sigmas, sde_noise=sde_noise, max_batch_size=max_batch_size, trace=trace,
+            progress=progress)
+        return video, audio
+
+    def _stage_conditionings(self, images: list[ImageConditioningInput], geometry: Geometry) -> list[list]:
+        """Every stage's image conditionings, encoded at that stage's size before the transformer
+        is loaded (then the encoder can go)."""
+        out = []
+        for stage in self.spec.stages:
+            h, w = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
+            if images:
+                items = combined_image_conditionings(images, h, w, self.video_encoder(), self.dtype)
+                mx.eval([getattr(i, "latent", getattr(i, "keyframes", None)) for i in items])
+            else:
+                items = []
+            out.append(items)
+        if self.low_memory and self._video_encoder is not None:
+            self._video_encoder = None
+            _release()
+        return out
+
+    # ----------------------------------------------------------------- decoding
+    def decode_video(self, latent: mx.array, key: mx.array | None = None) -> np.ndarray:
+        """uint8 frames [F, H, W, 3]: tiled decode with an automatic memory budget."""
+        from .models.video_decoder import VideoDecoder
+
+        decoder = VideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+        chunks = [video_to_uint8(c) for c in decoder.iter_tiled_decode(latent, "auto", key=key)]
+        del decoder
+        _release()
+        return np.concatenate(chunks, axis=0)
+
+    def decode_audio(self, latent: mx.array) -> tuple[np.ndarray, int]:
+        """float32 waveform [2, S] and its sample rate: audio VAE decoder, then the vocoder."""
+        from .models.audio_vae import AudioDecoder
+        from .models.vocoder import load_vocoder
+
+        decoder = AudioDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+        mel = decoder(latent.astype(decoder.dtype))
+        mx.eval(mel)
+        del decoder
+        vocoder = load_vocoder(self.checkpoint, dtype=self.dtype)
+        wave = vocoder(mel).astype(mx.float32)
+        mx.eval(wave)
+        rate = int(vocoder.output_sampling_rate)
+        del vocoder, mel
+        _release()
+        return np.array(wave[0]), rate
+
+    # ----------------------------------------------------------------- everything
+    def generate(self, prompt: str, *, negative_prompt: str | None = None, height: int | None = None,
+                 width: int | None = None, num_frames: int | None = None, fps: float | None = None,
+                 seed: int | None = None, num_inference_steps: int | None = None,
+                 images: list[ImageConditioningInput] = (), output_path: str | os.PathLike | None = None,
+                 audio: bool = True, wav_path: str | os.PathLike | None = None, enhance_prompt: bool = False,
+                 video_guider_params: MultiModalGuiderParams | None = None,
+                 audio_guider_params: MultiModalGuiderParams | None = None, progress=None) -> GenerationResult:
+        """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
+        when given. Sizes default to the reference's (final size for two-stage pipelines).
+        ``progress(stage, step, steps)`` is called after every denoising step."""
+        p = self.params
+        div = 2 if self.spec.two_stage else 1
+        height = height or p.stage_1_height * div
+        width = width or p.stage_1_width * div
+        num_frames = num_frames or p.num_frames
+        fps = float(fps or p.frame_rate)
+        seed = p.seed if seed is None else int(seed)
+        images = list(images)
+        if enhance_prompt and images:
+            raise ValueError("prompt enhancement with conditioning images (the reference's image-to-video rewrite) "
+                             "is not supported: drop enhance_prompt (--enhance-prompt) or the images")
+        if wav_path is not None and not audio:
+            raise ValueError("wav_path needs the audio: drop audio=False (--no-audio)")
+        self.check_request(num_frames, height, width, fps, images, num_inference_steps)
+        contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
+        noise = SeededNoise(seed)
+        video_latent, audio_latent = self.denoise(
+            contexts, num_frames, height, width, fps, images=images, steps=num_inference_steps,
+            video_guider_params=video_guider_params, audio_guider_params=audio_guider_params, noise=noise,
+            progress=progress)
+        if self.low_memory:
+            self._transformer = self._distilled_lora = None
+            self._lora_strength = None
+            _release()
+        frames = self.decode_video(video_latent, key=noise.next_key())
+        waveform = rate = None
+        if audio:
+            waveform, rate = self.decode_audio(audio_latent)
+            waveform = fit_audio_to_video(waveform, num_frames, fps, rate).astype(np.float32)
+        path = None
+        if output_path is not None:
+            path = write_video(output_path, frames, fps, waveform, rate, wav_path=wav_path)
+        return GenerationResult(frames, waveform, rate, fps, path, video_latent, audio_latent)
+
+
+class _Runtime:
+    """The pipeline seen by ``run_stages``: precomputed conditionings, lazy models."""
+
+    def __init__(self, pipeline: Pipeline, conditionings: list[list]):
+        self.pipeline = pipeline
+        self._conditionings = conditionings
+
+    def model_for(self, stage: StageSpec):
+        return self.pipeline.model_for(stage)
+
+    def conditionings(self, stage_index: int, height: int, width: int) -> list:
+        return self._conditionings[stage_index]
+
+    def upsample(self, video_latent: mx.array) -> mx.array:
+        return self.pipeline.upsample(video_latent)
+
+
+def list_pipelines() -> list[str]:
+    return sorted(PIPELINES)
+
+
+__all__ = ["DEFAULT_NEGATIVE_PROMPT", "GenerationResult", "ImageConditioningInput", "Pipeline", "list_pipelines"]
