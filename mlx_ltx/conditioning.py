@@ -83,7 +83,7 @@ def keyframe_positions(keyframes_shape: VideoLatentShape, frame_idx: int, tools:
 
 class VideoConditionByKeyframeIndex:
     """Appends ``keyframes`` [B, C, F', H', W'] as guiding tokens at pixel frame ``frame_idx``:
-    placeholder latent 0, ``clean_latent`` = the keyframe tokens, mask ``1 − strength``.
+    a zero-filled latent, ``clean_latent`` = the keyframe tokens, mask ``1 − strength``.
     Unwrapped, it leaves the attention mask alone (extends an existing one with full attention)."""
 
     def __init__(self, keyframes: mx.array, frame_idx: int, strength: float, num_pixel_frames: int = 1):

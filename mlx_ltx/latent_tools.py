@@ -143,8 +143,8 @@ def lerp(start: mx.array, end: mx.array, weight) -> mx.array:
 def noise_state(state: LatentState, noise: mx.array, noise_scale: float = 1.0) -> LatentState:
     """``GaussianNoiser.__call__`` with the draw given: in float32,
     ``x = lerp(clean, lerp(latent, noise, noise_scale), denoise_mask)``, cast to the latent's
-    dtype. Tokens with mask 0 stay exactly at ``clean``; appended guiding tokens (placeholder
-    latent 0) start at ``lerp(clean, noise·noise_scale, mask)``."""
+    dtype. Tokens with mask 0 stay exactly at ``clean``; appended guiding tokens (zero-filled
+    latent) start at ``lerp(clean, noise·noise_scale, mask)``."""
     if tuple(noise.shape) != tuple(state.latent.shape):
         raise ValueError(f"noise shape {tuple(noise.shape)} != latent state shape {tuple(state.latent.shape)}")
     f32 = mx.float32
