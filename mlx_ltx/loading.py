@@ -175,6 +175,10 @@ class Checkpoint:
                 out[new] = key
         return out
 
+    def component_shapes(self, component: str) -> dict[str, tuple[int, ...]]:
+        """{module key: shape} of a component: what builders read widths from."""
+        return {new: self.shapes[old] for new, old in self.component_keys(component).items()}
+
     def has_component(self, component: str) -> bool:
         return bool(self.component_keys(component))
 
@@ -190,6 +194,11 @@ class Checkpoint:
                 opened[path] = mx.load(path)  # lazy: unselected tensors are dropped unread
             weights[new] = opened[path][old]
         return weights, names
+
+
+def open_checkpoint(checkpoint: "Checkpoint | str | os.PathLike") -> "Checkpoint":
+    """A ``Checkpoint`` as it is, or one opened from a path / repo id (the public calls take both)."""
+    return checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
 
 
 def resolve_model_path(spec: str | os.PathLike) -> str:

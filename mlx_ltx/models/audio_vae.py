@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..config import AudioVAEConfig, ConfigError
-from ..loading import Checkpoint, load_component
+from ..loading import Checkpoint, load_component, open_checkpoint
 from .audio_vae_ops import (
     CausalConv2d,
     Downsample,
@@ -42,10 +42,6 @@ LATENT_DOWNSAMPLE_FACTOR = 4
 # misses the project's 2e-2 tolerance on the real19b fixture (0.0207). The cost is small: the
 # audio VAE is a few 128-channel convs over a (T_mel, 64) plane.
 COMPUTE_DTYPE = mx.float32
-
-
-def _shapes_of(checkpoint: Checkpoint, component: str) -> dict[str, tuple[int, ...]]:
-    return {k: checkpoint.shapes[v] for k, v in checkpoint.component_keys(component).items()}
 
 
 def _statistics_width(shapes: dict[str, tuple[int, ...]] | None, config: AudioVAEConfig) -> int:
@@ -95,8 +91,8 @@ class AudioEncoder(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.float32) -> AudioEncoder:
-        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
-        model = cls(ckpt.config.audio_vae, _shapes_of(ckpt, "audio_vae_encoder"))
+        ckpt = open_checkpoint(checkpoint)
+        model = cls(ckpt.config.audio_vae, ckpt.component_shapes("audio_vae_encoder"))
         return load_component(ckpt, "audio_vae_encoder", model, dtype=dtype)
 
     def sanitize(self, key: str, value: mx.array) -> mx.array:
@@ -160,8 +156,8 @@ class AudioDecoder(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.float32) -> AudioDecoder:
-        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
-        model = cls(ckpt.config.audio_vae, _shapes_of(ckpt, "audio_vae_decoder"))
+        ckpt = open_checkpoint(checkpoint)
+        model = cls(ckpt.config.audio_vae, ckpt.component_shapes("audio_vae_decoder"))
         return load_component(ckpt, "audio_vae_decoder", model, dtype=dtype)
 
     def sanitize(self, key: str, value: mx.array) -> mx.array:

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import TransformerConfig
-from ..loading import Checkpoint, CheckpointError, load_component
+from ..loading import Checkpoint, CheckpointError, load_component, open_checkpoint
 from .attention import Attention, FeedForward, rms_norm
 from .rope import check_rope_type, precompute_freqs_cis
 from .text_projection import FeatureExtractorV1, FeatureExtractorV2, build_text_projection
@@ -197,7 +197,7 @@ def build_connector(checkpoint: Checkpoint, component: str) -> Embeddings1DConne
 
 
 def load_connector(checkpoint: Checkpoint | str, component: str, dtype: mx.Dtype = mx.bfloat16) -> Embeddings1DConnector:
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     return load_component(ckpt, component, build_connector(ckpt, component), dtype=dtype)
 
 
@@ -206,7 +206,7 @@ def load_embeddings_processor(
 ) -> EmbeddingsProcessor:
     """The text path after Gemma. ``gemma_num_layers`` counts Gemma's transformer layers (the
     hidden states passed to ``process_hidden_states`` are that many plus the embeddings)."""
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     feature_extractor = build_text_projection(ckpt.config.transformer, gemma_hidden_size, gemma_num_layers)
     load_component(ckpt, "text_projection", feature_extractor, dtype=dtype)
     return EmbeddingsProcessor(feature_extractor, load_connector(ckpt, "video_connector", dtype),

@@ -22,7 +22,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..loading import Checkpoint, CheckpointError
+from ..loading import Checkpoint, CheckpointError, open_checkpoint
 
 # LTXV_LORA_COMFY_RENAMING_MAP: a plain str.replace of the substring (not prefix-only), like every SDOps.
 LORA_KEY_PREFIX = "diffusion_model."
@@ -235,7 +235,7 @@ def fuse_loras(model: nn.Module, loras: Sequence[tuple[LoRA, float]], *,
         return []
     layers = _check_targets(model, loras)
     if restore_from is not None:
-        restore_from = restore_from if isinstance(restore_from, Checkpoint) else Checkpoint(restore_from)
+        restore_from = open_checkpoint(restore_from)
         _restore_keys(restore_from, layers)
     originals: dict[str, dict[str, Any]] = {}
     for target in sorted(layers):

@@ -5,10 +5,6 @@ width its tensors have. ``inspect --verify`` and the conversion tests go through
 from __future__ import annotations
 
 
-def _shapes(checkpoint, component: str) -> dict:
-    return {k: checkpoint.shapes[v] for k, v in checkpoint.component_keys(component).items()}
-
-
 def builders() -> dict:
     from .audio_vae import AudioDecoder, AudioEncoder
     from .connector import build_connector
@@ -24,10 +20,10 @@ def builders() -> dict:
         "video_connector": lambda c: build_connector(c, "video_connector"),
         "audio_connector": lambda c: build_connector(c, "audio_connector"),
         "text_projection": text_projection_from_checkpoint,
-        "vae_encoder": lambda c: VideoEncoder(c.config.vae, _shapes(c, "vae_encoder")),
-        "vae_decoder": lambda c: VideoDecoder(c.config.vae, _shapes(c, "vae_decoder")),
-        "audio_vae_encoder": lambda c: AudioEncoder(c.config.audio_vae, _shapes(c, "audio_vae_encoder")),
-        "audio_vae_decoder": lambda c: AudioDecoder(c.config.audio_vae, _shapes(c, "audio_vae_decoder")),
+        "vae_encoder": lambda c: VideoEncoder(c.config.vae, c.component_shapes("vae_encoder")),
+        "vae_decoder": lambda c: VideoDecoder(c.config.vae, c.component_shapes("vae_decoder")),
+        "audio_vae_encoder": lambda c: AudioEncoder(c.config.audio_vae, c.component_shapes("audio_vae_encoder")),
+        "audio_vae_decoder": lambda c: AudioDecoder(c.config.audio_vae, c.component_shapes("audio_vae_decoder")),
         "vocoder": vocoder_from_checkpoint,
         "upsampler": lambda c: LatentUpsampler(c.upsampler_config),
     }

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import ConfigError, TransformerConfig
-from ..loading import Checkpoint, load_component
+from ..loading import Checkpoint, load_component, open_checkpoint
 from .adaln import AdaLayerNormSingle, adaln_embedding_coefficient
 from .attention import Attention, FeedForward, PixArtAlphaTextProjection, rms_norm
 from .rope import check_rope_type
@@ -225,7 +225,7 @@ class LTXModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.bfloat16) -> LTXModel:
-        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+        ckpt = open_checkpoint(checkpoint)
         return load_component(ckpt, "transformer", cls.build(ckpt), dtype=dtype)
 
     @property

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import UpsamplerConfig
-from ..loading import Checkpoint, CheckpointError, load_component, load_strict
+from ..loading import Checkpoint, CheckpointError, load_component, load_strict, open_checkpoint
 from .video_vae_ops import PerChannelStatistics
 
 GROUP_NORM_GROUPS = 32
@@ -277,7 +277,7 @@ def load_latent_statistics(checkpoint: Checkpoint | str | os.PathLike,
     """Only the video VAE's per-channel latent statistics (``vae.per_channel_statistics.*``),
     strictly loaded from the main checkpoint without building the VAE: the two-stage hand-off
     needs them while the encoder itself can stay unloaded."""
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint)
     key = "vae.per_channel_statistics.mean-of-means"
     if key not in ckpt.shapes:
         raise CheckpointError(f"{ckpt.path}: missing the video VAE latent statistics {key!r}")

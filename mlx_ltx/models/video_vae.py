@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import ConfigError, VideoVAEConfig
-from ..loading import Checkpoint, load_component
+from ..loading import Checkpoint, load_component, open_checkpoint
 from . import vae_tiling
 from .video_vae_ops import (
     CausalConv3d,
@@ -131,9 +131,8 @@ class VideoEncoder(nn.Module):
         """Build with every width read from the checkpoint's tensors, then load strictly with
         weights in ``dtype``. Activations are ``compute_dtype``, float32 by default whatever the
         weights' dtype (``video_vae_ops.COMPUTE_DTYPE_NOTE`` says why)."""
-        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
-        names = ckpt.component_keys("vae_encoder")
-        model = cls(ckpt.config.vae, {k: ckpt.shapes[v] for k, v in names.items()}, compute_dtype=compute_dtype)
+        ckpt = open_checkpoint(checkpoint)
+        model = cls(ckpt.config.vae, ckpt.component_shapes("vae_encoder"), compute_dtype=compute_dtype)
         return load_component(ckpt, "vae_encoder", model, dtype=dtype)
 
     def sanitize(self, key: str, value: mx.array) -> mx.array:
