@@ -48,23 +48,40 @@ class LTX2Scheduler:
     ) -> mx.array:
         """``steps + 1`` float32 sigmas from 1 to 0. ``latent_shape`` [B,C,F,H,W] sets the token count
         F·H·W; the dev pipelines pass none (4096 tokens, shift 2.05), only HQ passes its stage-1 latent."""
-        if steps < 1:
-            raise ValueError(f"LTX2Scheduler needs steps >= 1, got {steps}")
+        if steps < 1 or (stretch and steps < 2):
+            # one stretched step divides 0 by 0 (the reference returns a NaN sigma)
+            raise ValueError(f"LTX2Scheduler needs steps >= {2 if stretch else 1}, got {steps}")
         tokens = math.prod(latent_shape[2:]) if latent_shape is not None else default_number_of_tokens
-        # float32 with Python-double scalars, as torch computes it: the first sigma is 0.99999994, not 1
-        sigmas = np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+        # float32 rounded op by op as torch's CPU kernels round it, so the sigmas are bit-identical:
+        # a sigma off by one float32 ulp moves the timestep embedding (σ·1000) enough to shift a
+        # 3-step guided run by ~1e-4. The first sigma is 0.99999976 at 3 steps, not 1.
+        f32 = np.float32
+        sigmas = _torch_linspace(1.0, 0.0, steps + 1)
         mm = (max_shift - base_shift) / (MAX_SHIFT_ANCHOR - BASE_SHIFT_ANCHOR)
         sigma_shift = tokens * mm + (base_shift - mm * BASE_SHIFT_ANCHOR)
-        e = np.float32(math.exp(sigma_shift))
+        e = f32(math.exp(sigma_shift))
         nonzero = sigmas != 0
         with np.errstate(divide="ignore"):
-            shifted = e / (e + (np.float32(1.0) / sigmas - np.float32(1.0)))
-        sigmas = np.where(nonzero, shifted, np.float32(0.0)).astype(np.float32)
+            # scalar / tensor is reciprocal(tensor) · scalar in torch, not a division
+            shifted = (f32(1.0) / (e + (f32(1.0) / sigmas - f32(1.0)))).astype(f32) * e
+        sigmas = np.where(nonzero, shifted, f32(0.0)).astype(f32)
         if stretch:
-            one_minus_z = np.float32(1.0) - sigmas[nonzero]
-            scale_factor = one_minus_z[-1] / np.float32(1.0 - terminal)
-            sigmas[nonzero] = np.float32(1.0) - one_minus_z / scale_factor
-        return mx.array(sigmas.astype(np.float32))
+            one_minus_z = f32(1.0) - sigmas[nonzero]
+            scale_factor = one_minus_z[-1] / f32(1.0 - terminal)
+            sigmas[nonzero] = f32(1.0) - one_minus_z / scale_factor
+        return mx.array(sigmas.astype(f32))
+
+
+def _torch_linspace(start: float, end: float, n: int) -> np.ndarray:
+    """float32 ``torch.linspace``: the first half counts up from ``start``, the second down from
+    ``end``, each value one fused multiply-add (exact product, one rounding)."""
+    if n == 1:
+        return np.array([start], np.float32)
+    step = np.float64(np.float32((end - start) / (n - 1)))
+    i = np.arange(n, dtype=np.float64)
+    up = np.float64(np.float32(start)) + step * i
+    down = np.float64(np.float32(end)) - step * (n - 1 - i)
+    return np.where(i < n // 2, up, down).astype(np.float32)
 
 
 def _host_sigmas(sigmas: mx.array | list[float] | tuple[float, ...]) -> list[np.float32]:
