@@ -55,8 +55,14 @@ class FixtureSet:
         return f"golden_{name}.safetensors" in self.manifest["goldens"]
 
     def golden(self, name: str) -> dict[str, np.ndarray]:
-        """All tensors of ``golden_<name>.safetensors`` as float32/int64 numpy arrays."""
-        arrays = mx.load(str(self.path / f"golden_{name}.safetensors"))
+        """All tensors of ``golden_<name>.safetensors`` as numpy arrays (bfloat16 as float32)."""
+        path = str(self.path / f"golden_{name}.safetensors")
+        try:
+            arrays = mx.load(path)
+        except RuntimeError:  # float64 (golden_e2e's res_2s noise), which MLX's loader does not read
+            from safetensors.numpy import load_file
+
+            return load_file(path)
         out = {}
         for k, v in arrays.items():
             if v.dtype == mx.bfloat16:
@@ -77,3 +83,13 @@ def rel_err(actual, expected) -> float:
 TOL_F32 = 1e-4
 TOL_BF16 = 2e-2
 TOL_LOOP = 1e-3
+# bf16 bound where the reference's own bf16 run misses TOL_BF16: this many times its error. Two equally valid
+# bf16 evaluations differ in where they round; over 106 outputs of 10 sets ours/reference was 1.03 (geometric
+# mean), above 1.5 for 7, up to 1.79 — and 2.37 once, which a single-rounded SiLU (as torch's) brings to 1.14.
+BF16_REF_FACTOR = 2.0
+
+
+def bf16_tol(golden: dict, key: str) -> float:
+    """max(TOL_BF16, BF16_REF_FACTOR × the reference's own bf16 error on ``key``): its bf16 run misses by that too."""
+    err = golden.get(f"bf16_ref_err.{key}")
+    return TOL_BF16 if err is None else max(TOL_BF16, BF16_REF_FACTOR * float(np.asarray(err).reshape(-1)[0]))

@@ -27,7 +27,7 @@ REPORT.txt):
     done
 
 Any other variant/seed makes a set for ``MLX_LTX_REFERENCE_DIR`` (e.g. ``--variant alt --seed 7``).
-Flags: --no-gemma, --no-pipeline.
+Flags: --no-gemma, --no-pipeline, --no-e2e.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ from ltx_core.model.video_vae import (  # noqa: E402
     VideoDecoderConfigurator,
     VideoEncoderConfigurator,
 )
+from ltx_core.model.video_vae.attention import _RMSNorm2D as _VAERMSNorm2D  # noqa: E402
 from ltx_core.text_encoders.gemma.embeddings_connector import (  # noqa: E402
     AudioEmbeddings1DConnectorConfigurator,
     Embeddings1DConnectorConfigurator,
@@ -102,15 +103,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from variants import VARIANTS, get_variant  # noqa: E402
 
 # ---------------------------------------------------------------------------
+# Normalization layers, by type. Their gains (every parameter but a bias) start around 1: at ~0.1 the
+# attention q/k RMSNorms would shrink queries and keys so much that softmax is nearly uniform and
+# wrong RoPE / positions / masks would barely move the goldens.
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm, _VAERMSNorm2D)
+
+
 def randomize_(module: torch.nn.Module, gen: torch.Generator) -> None:
     """Deterministic, non-degenerate random weights; values pre-rounded to bf16 so the bf16
-    checkpoint and the in-memory fp32 module hold identical numbers."""
+    checkpoint and the in-memory fp32 module hold identical numbers. Norm gains are 1 + 0.2·randn."""
+    norm_gains = set()
+    for mname, m in module.named_modules():
+        owned = [pn for pn, _ in m.named_parameters(recurse=False)]
+        if isinstance(m, NORM_TYPES):
+            norm_gains.update(f"{mname}.{pn}" if mname else pn for pn in owned if pn != "bias")
+        elif owned and mname.rsplit(".", 1)[-1].endswith("norm"):  # guard: a norm class missing from NORM_TYPES
+            raise TypeError(f"{mname} ({type(m).__name__}) looks like a norm layer; add its type to NORM_TYPES")
     with torch.no_grad():
         persistent = set(module.state_dict().keys())  # never touch non-persistent (computed) buffers
         for name, p in list(module.named_parameters()) + list(module.named_buffers()):
             if name not in persistent or not p.is_floating_point():
                 continue
-            if name.endswith("std-of-means"):
+            if name in norm_gains:
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=gen)
+            elif name.endswith("std-of-means"):
                 v = 0.5 + torch.rand(p.shape, generator=gen)
             elif name.endswith("mel_basis"):
                 v = torch.rand(p.shape, generator=gen) * 0.2
@@ -153,6 +169,27 @@ def build_back(configurator, path: str, sd_ops: SDOps | None):
     return model.eval()
 
 
+def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A bfloat16 copy of a loaded reference module (the original stays float32; draws no random numbers)."""
+    import copy
+
+    return copy.deepcopy(module).to(torch.bfloat16).eval()
+
+
+def bf16_ref_err(ref_bf16: torch.Tensor, ref_f32: torch.Tensor) -> torch.Tensor:
+    """max|ref_bf16 − ref_f32| / max|ref_f32| as a float32 [1] tensor (the golden key bf16_ref_err.<key>)."""
+    err = (ref_bf16.float() - ref_f32.float()).abs().max() / ref_f32.float().abs().max().clamp_min(1e-12)
+    return err.reshape(1).to(torch.float32)
+
+
+def bf16_report(tag: str, errs: dict[str, torch.Tensor]) -> str:
+    """One REPORT line: the largest bf16_ref_err.* of a golden, and each of them."""
+    k_max = max(errs, key=lambda k: float(errs[k]))
+    each = ", ".join(f"{k.removeprefix('bf16_ref_err.')} {float(e):.2e}" for k, e in errs.items())
+    return (f"{tag}: the reference's own bf16 run vs its f32 golden, max rel err {float(errs[k_max]):.3e} "
+            f"({k_max.removeprefix('bf16_ref_err.')}); {each}")
+
+
 def check_same(tag: str, a: torch.Tensor, b: torch.Tensor, report: list[str]) -> None:
     diff = (a.float() - b.float()).abs().max().item()
     report.append(f"{tag}: reload max|diff| = {diff:.3e}  shape={tuple(a.shape)}")
@@ -166,6 +203,7 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--variant", default="tiny", choices=sorted(VARIANTS))
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-pipeline", action="store_true", help="skip golden_pipeline.safetensors")
+    ap.add_argument("--no-e2e", action="store_true", help="skip golden_e2e.safetensors (the pipeline classes)")
     args = ap.parse_args()
     V = get_variant(args.variant)
     SEED = args.seed
@@ -380,6 +418,22 @@ def main() -> None:  # noqa: PLR0915
         vx_u, ax_u = R_tr(v_uni, audio, None)
         gold["transformer"].update({"in.uniform.video.timesteps": v_uni.timesteps,
                                     "out.uniform.video": vx_u, "out.uniform.audio": ax_u})
+        # the reference's own bfloat16 run of the same calls (bf16 copy; latents and contexts in bf16,
+        # sigma/timesteps/positions float32 as its pipelines pass them): bf16_ref_err.<key> bounds the bf16 tests
+        R_tr16 = bf16_copy(R_tr)
+
+        def _bf(m):
+            return replace(m, latent=m.latent.to(torch.bfloat16), context=m.context.to(torch.bfloat16))
+
+        v16, a16 = _bf(video), _bf(audio)
+        tr16 = dict(zip(("out.video", "out.audio"), R_tr16(v16, a16, None)))
+        tr16["out.video_only.video"] = R_tr16(v16, replace(a16, enabled=False), None)[0]
+        tr16.update(zip(("out.uniform.video", "out.uniform.audio"),
+                        R_tr16(replace(v16, timesteps=v_uni.timesteps), a16, None)))
+        tr_err = {f"bf16_ref_err.{k}": bf16_ref_err(o, gold["transformer"][k]) for k, o in tr16.items()}
+        gold["transformer"].update(tr_err)
+        del R_tr16, tr16
+        report.append(bf16_report("transformer", tr_err))
 
         # ---- LoRA fusion: random test LoRAs, fused by the reference's own builder path
         gold["lora"], lora_files = lora_golden(args.out, PREFIX, ckpt_path, R_tr, video, audio, SEED, report)
@@ -450,6 +504,34 @@ def main() -> None:  # noqa: PLR0915
             "tiled.encode.out.latent": R_venc.tiled_encode(t_pix, _tile_cfg(enc_tiles))})
         report.append(f"vae.tiled: decode tiles {dec_tiles}, encode tiles {enc_tiles} (frames/overlap, h, w in "
                       f"pixels); tiled vs untiled decode max|diff| {(t_dec - t_full).abs().max().item():.3e}")
+        if R_vdec.timestep_conditioning:
+            # the same tiled decode WITH the decoder noise (decode_noise_scale kept): forward runs once per
+            # tile, so torch.randn is drawn per tile, in the tile's latent shape, in tile order. Every draw the
+            # reference makes is recorded as consumed. Own generator (SEED + 23): nothing else changes.
+            draws = []
+            real_randn = torch.randn
+
+            def recording_randn(*a, **k):
+                out = real_randn(*a, **k)
+                draws.append(out.detach().clone())
+                return out
+
+            torch.randn = recording_randn
+            try:
+                tn_dec = torch.cat(list(R_vdec.tiled_decode(
+                    t_lat, _tile_cfg(dec_tiles), timestep=d_ts,
+                    generator=torch.Generator().manual_seed(SEED + 23))), dim=2)
+            finally:
+                torch.randn = real_randn
+            n_tiles = len(R_vdec._prepare_tiles(t_lat, _tile_cfg(dec_tiles)))
+            assert len(draws) == n_tiles, f"tiled decode drew {len(draws)} noises for {n_tiles} tiles"
+            gold["video_vae"].update({"tiled_noise.decode.out.pixels": tn_dec, "tiled_noise.in.timestep": d_ts,
+                                      "tiled_noise.in.noise_scale": torch.tensor([float(R_vdec.decode_noise_scale)])})
+            gold["video_vae"].update({f"tiled_noise.in.noise.{k}": d for k, d in enumerate(draws)})
+            report.append(f"vae.tiled_noise: tiles {dec_tiles}, noise_scale {float(R_vdec.decode_noise_scale)}: "
+                          f"{n_tiles} tiles, {len(draws)} noise draws of shapes "
+                          f"{sorted({tuple(d.shape) for d in draws})}; vs the noiseless tiled decode max|diff| "
+                          f"{(tn_dec - t_dec).abs().max().item():.3e}")
 
         # ---- latent upsamplers (upsample_video = un_normalize -> upsampler -> normalize with VAE stats)
         gold["upsampler"] = {"in.latent": dec_in}
@@ -458,6 +540,16 @@ def main() -> None:  # noqa: PLR0915
             check_same(f"upsampler.{n}", raw, up_mem[n](dec_in), report)
             gold["upsampler"][f"{n}.out.raw"] = raw
             gold["upsampler"][f"{n}.out.upsample_video"] = upsample_video(dec_in, R_venc, up)
+        # the reference's own bfloat16 run (bf16 copies of upsampler and encoder statistics, latent in bf16)
+        R_venc16, lat16, up_err = bf16_copy(R_venc), dec_in.to(torch.bfloat16), {}
+        for n, up in R_up.items():
+            up16 = bf16_copy(up)
+            for k, o in ((f"{n}.out.raw", up16(lat16)),
+                         (f"{n}.out.upsample_video", upsample_video(lat16, R_venc16, up16))):
+                up_err[f"bf16_ref_err.{k}"] = bf16_ref_err(o, gold["upsampler"][k])
+        gold["upsampler"].update(up_err)
+        del R_venc16
+        report.append(bf16_report("upsampler", up_err))
 
         # ---- audio VAE decode (+ encode) and vocoder (+BWE)
         a_lat = torch.randn(1, A_Z, V["audio_frames"], A_MEL_LAT, generator=g)
@@ -488,6 +580,12 @@ def main() -> None:  # noqa: PLR0915
             "dev_ltx2scheduler_steps40_default_tokens": sch.execute(steps=40),
             "dev_ltx2scheduler_steps30_latent_1x128x16x16x24": sch.execute(steps=30, latent=torch.zeros(1, 128, 16, 16, 24)),
             "dev_ltx2scheduler_steps8_nostretch": sch.execute(steps=8, stretch=False),
+            # the few-step schedules tests and small runs use; each value must match to the bit
+            **{f"dev_ltx2scheduler_steps{n}_{kind}": sch.execute(steps=n, **kw)
+               for n in range(2, 13) for kind, kw in (
+                   ("default_tokens", {}), ("nostretch", {"stretch": False}),
+                   ("latent_1x8x2x4x6", {"latent": torch.zeros(1, 8, 2, 4, 6)}),
+                   ("latent_1x8x3x16x24", {"latent": torch.zeros(1, 8, 3, 16, 24)}))},
         }
         try:  # cross-check the hard-coded lists with ltx-pipelines if it is importable
             from ltx_pipelines.utils import constants as pc  # type: ignore
@@ -518,6 +616,16 @@ def main() -> None:  # noqa: PLR0915
     if not args.no_gemma:
         gold["gemma"] = gemma_golden(args.out, R_proc, report, V, SEED)
 
+    e2e_meta = None
+    if not (args.no_gemma or args.no_pipeline or args.no_e2e):  # the reference's pipeline classes, end to end
+        from e2e_goldens import e2e_golden
+
+        gold["e2e"], e2e_meta = e2e_golden(
+            out_dir=args.out, prefix=PREFIX, ckpt_path=ckpt_path,
+            upsampler_path=os.path.join(args.out, f"{PREFIX}-spatial-x2-upscaler.safetensors"),
+            lora_path=os.path.join(args.out, lora_files["test"]), gemma_dir=os.path.join(args.out, "tiny-gemma3"),
+            V=V, seed=SEED, latent_c=LATENT_C, audio_z=A_Z, audio_mel_lat=A_MEL_LAT, report=report)
+
     for name, tensors in gold.items():
         save_file({k: v.detach().clone().contiguous() for k, v in tensors.items() if v is not None},
                   os.path.join(args.out, f"golden_{name}.safetensors"))
@@ -529,6 +637,8 @@ def main() -> None:  # noqa: PLR0915
         "goldens": sorted(f"golden_{n}.safetensors" for n in gold),
         "loras": lora_files,
     }
+    if e2e_meta is not None:
+        manifest["e2e"] = e2e_meta
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     report.append(f"total {time.time() - t0:.1f}s")
