@@ -13,6 +13,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import silu_rounded_once
+
 # Rows per block table: (shift, scale, gate) for self-attention and feed-forward, plus
 # (shift_q, scale_q, gate) for the text cross-attention when ``cross_attention_adaln`` is on.
 ADALN_NUM_BASE_PARAMS = 6
@@ -51,7 +53,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim, bias=True)
 
     def __call__(self, sample: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(sample)))
+        return self.linear_2(silu_rounded_once(self.linear_1(sample)))
 
 
 class PixArtAlphaCombinedTimestepSizeEmbeddings(nn.Module):
@@ -79,4 +81,4 @@ class AdaLayerNormSingle(nn.Module):
 
     def __call__(self, timestep: mx.array, hidden_dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
         embedded_timestep = self.emb(timestep, hidden_dtype)
-        return self.linear(nn.silu(embedded_timestep)), embedded_timestep
+        return self.linear(silu_rounded_once(embedded_timestep)), embedded_timestep

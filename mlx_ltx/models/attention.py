@@ -20,6 +20,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from .activations import gelu_tanh_rounded_once, sigmoid_rounded_once
 from .rope import apply_split_rotary_emb
 
 
@@ -90,7 +91,7 @@ class Attention(nn.Module):
             if perturbation_mask is not None:
                 out = out * perturbation_mask + v * (1 - perturbation_mask)
         if self.gated:
-            gates = 2.0 * mx.sigmoid(self.to_gate_logits(x))  # (B, T, H)
+            gates = 2.0 * sigmoid_rounded_once(self.to_gate_logits(x))  # (B, T, H)
             B, T, _ = out.shape
             out = (out.reshape(B, T, self.heads, self.dim_head) * gates[..., None]).reshape(B, T, -1)
         return self.to_out[0](out)
@@ -102,7 +103,7 @@ class GELUApprox(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.gelu_approx(self.proj(x))
+        return gelu_tanh_rounded_once(self.proj(x))
 
 
 class FeedForward(nn.Module):
@@ -130,4 +131,4 @@ class PixArtAlphaTextProjection(nn.Module):
         self.linear_2 = nn.Linear(hidden_size, out_features, bias=True)
 
     def __call__(self, caption: mx.array) -> mx.array:
-        return self.linear_2(nn.gelu_approx(self.linear_1(caption)))
+        return self.linear_2(gelu_tanh_rounded_once(self.linear_1(caption)))

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import AudioVAEConfig, ConfigError
 from ..loading import Checkpoint, load_component, open_checkpoint
+from .activations import silu_rounded_once
 from .audio_vae_ops import (
     CausalConv2d,
     Downsample,
@@ -112,7 +113,7 @@ class AudioEncoder(nn.Module):
             if level != len(self.down) - 1:
                 h = stage.downsample(h)
         h = self.mid(h)
-        h = self.conv_out(nn.silu(self.norm_out(h)))
+        h = self.conv_out(silu_rounded_once(self.norm_out(h)))
         means = h[..., : self.z_channels].transpose(0, 3, 1, 2)
         C, M = means.shape[1], means.shape[3]
         return unpatchify(self.per_channel_statistics.normalize(patchify(means)), C, M).astype(self.dtype)
@@ -185,7 +186,7 @@ class AudioDecoder(nn.Module):
             h = stage.run_blocks(h)
             if level != 0:
                 h = stage.upsample(h)
-        h = self.conv_out(nn.silu(self.norm_out(h)))
+        h = self.conv_out(silu_rounded_once(self.norm_out(h)))
         mel = self._adjust_output_shape(h.transpose(0, 3, 1, 2), self.target_frames(T),
                                         self.mel_bins if self.mel_bins is not None else M)
         return mel.astype(self.dtype)

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import AudioVAEConfig, ConfigError
+from .activations import silu_rounded_once
 
 # ``build_normalization_layer``: PixelNorm(eps=1e-6) here, not the PixelNorm class default 1e-8
 # (which the video VAE uses); GroupNorm also 1e-6.
@@ -111,8 +112,8 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = CausalConv2d(in_channels, out_channels, 1, causality_axis)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
+        h = self.conv1(silu_rounded_once(self.norm1(x)))
+        h = self.conv2(silu_rounded_once(self.norm2(h)))
         if "nin_shortcut" in self:
             x = self.nin_shortcut(x)
         return x + h

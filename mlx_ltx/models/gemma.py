@@ -24,6 +24,7 @@ from mlx_lm.models import gemma3_text
 from mlx_lm.models.rope_utils import initialize_rope
 
 from ..loading import CheckpointError, load_strict
+from .activations import gelu_tanh_rounded_once
 
 # gemma_assets.TOKENIZER_MAX_LENGTH: every prompt is padded to exactly this many tokens.
 TOKENIZER_MAX_LENGTH = 1024
@@ -151,6 +152,15 @@ def _build_rope(config: GemmaConfig, layer_type: str) -> nn.Module:
     return initialize_rope(config.head_dim, base=p["rope_theta"], traditional=False, scaling_config=scaling)
 
 
+class _GemmaMLP(gemma3_text.MLP):
+    """mlx-lm's Gemma-3 MLP with GELU(tanh) rounded once, as transformers' ``gelu_pytorch_tanh``
+    (torch's C kernel, float32 inside) rounds it; mlx-lm's ``nn.gelu_approx`` rounds every
+    intermediate in bfloat16 (see activations.py). Identical in float32."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(gelu_tanh_rounded_once(self.gate_proj(x)) * self.up_proj(x))
+
+
 class GemmaLanguageModel(nn.Module):
     """mlx-lm's Gemma-3 text model under ``language_model`` so that its parameter names are the
     google checkpoint's keys (``language_model.model.*``)."""
@@ -173,6 +183,7 @@ class GemmaLanguageModel(nn.Module):
         for layer, layer_type in zip(self.language_model.model.layers, config.layer_types):
             layer.self_attn.is_sliding = layer_type == "sliding_attention"
             layer.self_attn.rope = _build_rope(config, layer_type)
+            layer.mlp.__class__ = _GemmaMLP  # same parameters, torch's activation rounding
         if not has_lm_head:  # Gemma 3 ties the output head to the embeddings
             self.language_model.sanitize({})
 

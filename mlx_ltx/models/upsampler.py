@@ -23,6 +23,7 @@ import mlx.nn as nn
 
 from ..config import UpsamplerConfig
 from ..loading import Checkpoint, CheckpointError, load_component, load_strict, open_checkpoint
+from .activations import silu_rounded_once
 from .video_vae_ops import PerChannelStatistics
 
 GROUP_NORM_GROUPS = 32
@@ -56,9 +57,36 @@ class GroupNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+def _conv_rounded_once(conv: nn.Module, x: mx.array, conv_fn) -> mx.array:
+    """Convolution + bias rounded once to a low-precision ``x.dtype``, as torch rounds it: torch
+    adds the bias to the float32 accumulator before its one rounding, MLX rounds the bf16
+    convolution and then the bias sum again. So the input and weights are upcast (exactly) and
+    convolved in float32. (With the activations rounded once too, the upsampler's bf16 outputs
+    equal the reference's own bf16 run on most fixture outputs.) The float32 copies are
+    transient and latent-sized (input, output, one conv's weights). Float32 inputs keep MLX's conv."""
+    y = conv_fn(x.astype(mx.float32), conv.weight.astype(mx.float32), conv.stride, conv.padding, conv.dilation)
+    if "bias" in conv:
+        y = y + conv.bias.astype(mx.float32)
+    return y.astype(x.dtype)
+
+
+class Conv2dRoundedOnce(nn.Conv2d):
+    """``nn.Conv2d`` rounding a bf16 result once (``_conv_rounded_once``)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return super().__call__(x) if x.dtype == mx.float32 else _conv_rounded_once(self, x, mx.conv2d)
+
+
+class Conv3dRoundedOnce(nn.Conv3d):
+    """``nn.Conv3d`` rounding a bf16 result once (``_conv_rounded_once``)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return super().__call__(x) if x.dtype == mx.float32 else _conv_rounded_once(self, x, mx.conv3d)
+
+
 def _conv(dims: int, in_channels: int, out_channels: int) -> nn.Module:
     # every convolution of the upsampler is k3, zero padding 1 (not the VAE's causal padding)
-    cls = nn.Conv2d if dims == 2 else nn.Conv3d
+    cls = Conv2dRoundedOnce if dims == 2 else Conv3dRoundedOnce
     return cls(in_channels, out_channels, kernel_size=3, padding=1)
 
 
@@ -74,9 +102,9 @@ class ResBlock(nn.Module):
         self.norm2 = GroupNorm(GROUP_NORM_GROUPS, channels)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = nn.silu(self.norm1(self.conv1(x)))
+        h = silu_rounded_once(self.norm1(self.conv1(x)))
         h = self.norm2(self.conv2(h))
-        return nn.silu(h + x)
+        return silu_rounded_once(h + x)
 
 
 class PixelShuffleND(nn.Module):
@@ -158,7 +186,7 @@ class SpatialRationalResampler(nn.Module):
             raise ValueError(f"upsampler config spatial_scale={scale} with rational_resampler: the reference "
                              f"supports only {sorted(RATIONAL_SCALES)}")
         self.num, self.den = RATIONAL_SCALES[self.scale]
-        self.conv = nn.Conv2d(mid_channels, self.num**2 * mid_channels, kernel_size=3, padding=1)
+        self.conv = Conv2dRoundedOnce(mid_channels, self.num**2 * mid_channels, kernel_size=3, padding=1)
         self.pixel_shuffle = PixelShuffleND(2, upscale_factors=(self.num, self.num))
         self.blur_down = BlurDownsample(dims=2, stride=self.den)
 
@@ -206,16 +234,16 @@ class LatentUpsampler(nn.Module):
         # the reference's branch order; spatial+temporal shuffles all three axes at once
         self.rational = False
         if config.spatial_upsample and config.temporal_upsample:
-            self.upsampler = [nn.Conv3d(mid, 8 * mid, kernel_size=3, padding=1), PixelShuffleND(3)]
+            self.upsampler = [Conv3dRoundedOnce(mid, 8 * mid, kernel_size=3, padding=1), PixelShuffleND(3)]
         elif config.spatial_upsample:
             if config.rational_resampler:
                 self.rational = True
                 self.upsampler = SpatialRationalResampler(mid, config.spatial_scale)
             else:
                 # spatial_scale is not read here by the reference either: this branch is always x2
-                self.upsampler = [nn.Conv2d(mid, 4 * mid, kernel_size=3, padding=1), PixelShuffleND(2)]
+                self.upsampler = [Conv2dRoundedOnce(mid, 4 * mid, kernel_size=3, padding=1), PixelShuffleND(2)]
         else:
-            self.upsampler = [nn.Conv3d(mid, 2 * mid, kernel_size=3, padding=1), PixelShuffleND(1)]
+            self.upsampler = [Conv3dRoundedOnce(mid, 2 * mid, kernel_size=3, padding=1), PixelShuffleND(1)]
 
         self.post_upsample_res_blocks = [ResBlock(mid, dims) for _ in range(config.num_blocks_per_stage)]
         self.final_conv = _conv(dims, mid, config.in_channels)
@@ -260,7 +288,7 @@ class LatentUpsampler(nn.Module):
         if self.dims == 2:
             # dims 2 runs every frame alone, so even the GroupNorm statistics are per frame
             x = x.reshape(b * f, *x.shape[2:])
-        x = nn.silu(self.initial_norm(self.initial_conv(x)))
+        x = silu_rounded_once(self.initial_norm(self.initial_conv(x)))
         for block in self.res_blocks:
             x = block(x)
         x = self._upsample(x)

@@ -21,6 +21,7 @@ import mlx.nn as nn
 from ..config import ConfigError, VideoVAEConfig
 from ..loading import Checkpoint, load_component, open_checkpoint
 from . import vae_tiling
+from .activations import silu_rounded_once
 from .video_vae_ops import (
     CausalConv3d,
     PerChannelStatistics,
@@ -162,7 +163,7 @@ class VideoEncoder(nn.Module):
         x = self.conv_in(patchify(x, self.patch_size))
         for block in self.down_blocks:
             x = block(x)
-        x = self.conv_out(nn.silu(pixel_norm(x)))
+        x = self.conv_out(silu_rounded_once(pixel_norm(x)))
         means = x[..., : self.latent_channels]
         latent = self.per_channel_statistics.normalize(means, axis=-1).transpose(0, 4, 1, 2, 3)
         return latent.astype(pixels.dtype)

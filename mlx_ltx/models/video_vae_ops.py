@@ -18,6 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import ConfigError
+from .activations import silu_rounded_once
 
 PADDING_MODES = ("zeros", "reflect")
 
@@ -121,7 +122,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(x)))
+        return self.linear_2(silu_rounded_once(self.linear_1(x)))
 
 
 def timestep_sinusoid(t: mx.array, dim: int = 256, max_period: float = 10000.0) -> mx.array:
@@ -167,11 +168,11 @@ class ResnetBlock3D(nn.Module):
             ada = ada[:, :, None, None, None, :]
             shift1, scale1, shift2, scale2 = ada[:, 0], ada[:, 1], ada[:, 2], ada[:, 3]
             h = h * (1 + scale1) + shift1
-        h = self.conv1(nn.silu(h), causal=causal)
+        h = self.conv1(silu_rounded_once(h), causal=causal)
         h = pixel_norm(h)
         if self.timestep_conditioning:
             h = h * (1 + scale2) + shift2
-        h = self.conv2(nn.silu(h), causal=causal)
+        h = self.conv2(silu_rounded_once(h), causal=causal)
         return x + h
 
 

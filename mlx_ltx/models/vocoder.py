@@ -23,6 +23,7 @@ import mlx.nn as nn
 
 from ..config import ConfigError, HifiGanConfig, VocoderConfig
 from ..loading import Checkpoint, load_component
+from .activations import LeakyReLURoundedOnce, leaky_relu_rounded_once
 from .vocoder_blocks import (
     LRELU_SLOPE,
     Activation1d,
@@ -110,7 +111,7 @@ class Vocoder(nn.Module):
         final_channels = upsample_initial_channel // 2**self.num_upsamples
         # AMP1's post activation is SnakeBeta whatever ``activation`` says; the HiFi-GAN one is a
         # bare torch nn.LeakyReLU(), i.e. slope 0.01, not the 0.1 used inside the stages
-        self.act_post = Activation1d(SnakeBeta(final_channels)) if self.is_amp else nn.LeakyReLU(0.01)
+        self.act_post = Activation1d(SnakeBeta(final_channels)) if self.is_amp else LeakyReLURoundedOnce(0.01)
         self.conv_post = Conv1d(final_channels, _STEREO, 7, padding=3, bias=use_bias_at_final)
 
     @classmethod
@@ -138,7 +139,7 @@ class Vocoder(nn.Module):
         x = self.conv_pre(_mel_to_channels_last(mel))
         for i in range(self.num_upsamples):
             if not self.is_amp:
-                x = nn.leaky_relu(x, LRELU_SLOPE)
+                x = leaky_relu_rounded_once(x, LRELU_SLOPE)
             x = self.ups[i](x)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = mx.mean(mx.stack([block(x) for block in blocks], axis=0), axis=0)

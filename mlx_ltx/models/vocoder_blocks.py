@@ -16,6 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .activations import leaky_relu_rounded_once
+
 LRELU_SLOPE = 0.1  # resnet.py: the slope inside ResBlock1 and before each upsample
 
 
@@ -281,6 +283,6 @@ class ResBlock1(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         for conv1, conv2 in zip(self.convs1, self.convs2):
-            xt = conv1(nn.leaky_relu(x, LRELU_SLOPE))
-            x = conv2(nn.leaky_relu(xt, LRELU_SLOPE)) + x
+            xt = conv1(leaky_relu_rounded_once(x, LRELU_SLOPE))
+            x = conv2(leaky_relu_rounded_once(xt, LRELU_SLOPE)) + x
         return x
