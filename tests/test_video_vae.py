@@ -376,6 +376,67 @@ def test_tiled_decode_and_encode_match_the_reference_tiling(fixture_set):
     assert rel_err(encoded, g["tiled.encode.out.latent"]) <= TOL_F32
 
 
+def test_tiled_decode_draws_decoder_noise_per_tile(fixture_set):
+    """Timestep-conditioned decoders draw their noise per tile: the reference's tiled_decode runs
+    forward once per tile, each calling torch.randn in the tile's latent shape, tiles in order
+    (frames slowest, then height, width). Golden `tiled_noise.*` recorded those draws; replayed in
+    order through `noise=`, the port's tiled decode gives the reference's pixels. One noise drawn
+    for the whole latent and sliced per tile (the former behaviour) does not."""
+    _, dec = _models(str(fixture_set.path), mx.float32)
+    g = fixture_set.golden("video_vae")
+    if not dec.timestep_conditioning:
+        def never(shape, dtype):
+            raise AssertionError("a decoder without timestep conditioning drew noise")
+
+        dec.tiled_decode(mx.array(g["tiled.in.latent"]), _tiling_from(g["tiled.decode.tiles"]), noise=never)
+        pytest.skip("decoder is not timestep-conditioned: it draws no noise")
+    if "tiled_noise.decode.out.pixels" not in g:
+        pytest.fail(f"{fixture_set.path.name}: timestep-conditioned decoder but golden_video_vae lacks "
+                    f"tiled_noise.decode.out.pixels; regenerate the set with tests/reference/make_ref.py")
+    draws = [g[f"tiled_noise.in.noise.{k}"] for k in range(sum(k.startswith("tiled_noise.in.noise.") for k in g))]
+    latent = mx.array(g["tiled.in.latent"])
+    tiling = _tiling_from(g["tiled.decode.tiles"])
+    kw = {"timestep": mx.array(g["tiled_noise.in.timestep"]), "noise_scale": float(g["tiled_noise.in.noise_scale"][0])}
+    calls = []
+
+    def replay(shape, dtype):
+        k = len(calls)
+        calls.append(tuple(shape))
+        assert k < len(draws), f"draw {k}: the reference drew only {len(draws)} noises"
+        assert tuple(shape) == draws[k].shape, f"draw {k}: shape {tuple(shape)} != the reference's {draws[k].shape}"
+        assert dtype == dec.dtype
+        return mx.array(draws[k]).astype(dtype)
+
+    tiled = dec.tiled_decode(latent, tiling, noise=replay, **kw)
+    assert len(calls) == len(draws) > 1  # one draw per tile, and several tiles
+    assert all(c != tuple(latent.shape) for c in calls)  # tile shapes, not the latent's
+    err = rel_err(tiled, g["tiled_noise.decode.out.pixels"])
+    # without `noise`, `key` is split once per tile, in tile order
+    keyed = dec.tiled_decode(latent, tiling, key=mx.random.key(5), **kw)
+    state = [mx.random.key(5)]
+
+    def split_per_tile(shape, dtype):
+        state[0], sub = mx.random.split(state[0])
+        return mx.random.normal(shape, key=sub)
+
+    assert np.array_equal(np.array(keyed), np.array(dec.tiled_decode(latent, tiling, noise=split_per_tile, **kw)))
+    # the former behaviour: one standard normal for the whole latent, sliced per tile
+    whole = mx.random.normal(latent.shape, key=mx.random.key(23))
+    err_whole = rel_err(dec.tiled_decode(latent, tiling, noise=whole, **kw), g["tiled_noise.decode.out.pixels"])
+    # the right draws in the wrong tile order (reversed among the tiles of equal shape) miss too
+    same_shape = {}
+    for k, d in enumerate(draws):
+        same_shape.setdefault(d.shape, []).append(k)
+    swapped = {k: j for ks in same_shape.values() for k, j in zip(ks, reversed(ks))}
+    order = iter(range(len(draws)))
+    err_order = rel_err(dec.tiled_decode(latent, tiling, noise=lambda shape, dtype: mx.array(
+        draws[swapped[next(order)]]).astype(dtype), **kw), g["tiled_noise.decode.out.pixels"])
+    print(f"{fixture_set.path.name}: {len(draws)} tiles; replayed per-tile draws rel_err={err:.2e}; one whole-latent "
+          f"draw rel_err={err_whole:.2e}; draws in reversed tile order rel_err={err_order:.2e}")
+    assert err <= TOL_F32
+    assert err_whole > 100 * TOL_F32 and err_order > 100 * TOL_F32
+
+
 def _generator_variants():
     """tests/reference/variants.py, which defines the analytic encoder input of the tiled golden."""
     import importlib.util

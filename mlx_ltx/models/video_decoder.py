@@ -15,7 +15,7 @@ timestep 0.05; the multiplier is a learned 0-d weight, read from the checkpoint)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,6 +23,7 @@ import mlx.nn as nn
 from ..config import ConfigError, VideoVAEConfig
 from ..loading import Checkpoint, load_component, open_checkpoint
 from . import vae_tiling
+from .activations import silu_rounded_once
 from .video_vae import check_vae_config, video_scale_factors
 from .video_vae_ops import (
     CausalConv3d,
@@ -41,6 +42,8 @@ from .video_vae_ops import (
 _UPSAMPLE_STRIDES = {"compress_time": (2, 1, 1), "compress_space": (1, 2, 2), "compress_all": (2, 2, 2)}
 DECODE_TIMESTEP = 0.05  # ConvVideoDecoder.decode_timestep
 DECODE_NOISE_SCALE = 0.025  # ConvVideoDecoder.decode_noise_scale
+# noise(shape, dtype) -> standard normal array: one call per decoded tile (the reference's per-tile torch.randn)
+NoiseSource = Callable[[tuple, mx.Dtype], mx.array]
 
 
 def _bottleneck_channels(base_channels: int, blocks) -> int:
@@ -135,7 +138,10 @@ class VideoDecoder(nn.Module):
         stages.append((self.conv_out.conv.weight.shape[0], stages[-1][1], stages[-1][0]))
         return stages
 
-    def _mix_noise(self, x: mx.array, noise: mx.array | None, noise_scale: float, key: mx.array | None) -> mx.array:
+    def _mix_noise(self, x: mx.array, noise: NoiseSource | mx.array | None, noise_scale: float,
+                   key: mx.array | None) -> mx.array:
+        if callable(noise):  # one draw per forward, as the reference's torch.randn (even at scale 0)
+            noise = noise(tuple(x.shape), self.dtype)
         if noise_scale == 0:
             return x
         if noise is None:
@@ -145,13 +151,15 @@ class VideoDecoder(nn.Module):
         # blended in float32: bf16 would round the 0.975-scaled latent before the statistics
         return noise.astype(mx.float32) * noise_scale + (1.0 - noise_scale) * x.astype(mx.float32)
 
-    def __call__(self, latent: mx.array, timestep: float | mx.array | None = None, noise: mx.array | None = None,
-                 noise_scale: float | None = None, key: mx.array | None = None) -> mx.array:
+    def __call__(self, latent: mx.array, timestep: float | mx.array | None = None,
+                 noise: NoiseSource | mx.array | None = None, noise_scale: float | None = None,
+                 key: mx.array | None = None) -> mx.array:
         """(B, C, F, H, W) latent -> (B, 3, F', H', W') pixels in the latent's dtype.
 
         Timestep-conditioned decoders only (others ignore these, as the reference does):
         ``timestep`` (scalar or (B,), default 0.05), ``noise`` (B, C, F, H, W) standard normal
-        (drawn with ``key`` when None) and ``noise_scale`` (default 0.025; 0 = no noise)."""
+        (drawn with ``key`` when None; a callable ``noise(shape, dtype)`` is called once) and
+        ``noise_scale`` (default 0.025; 0 = no noise)."""
         if latent.ndim != 5:
             raise ValueError(f"decoder input must be (B, C, F, H, W); got shape {tuple(latent.shape)}")
         out_dtype = latent.dtype
@@ -180,22 +188,47 @@ class VideoDecoder(nn.Module):
             ada = self.last_scale_shift_table[None] + self.last_time_embedder(scaled_t, x.dtype).reshape(B, 2, C)
             ada = ada.astype(x.dtype)[:, :, None, None, None, :]
             x = x * (1 + ada[:, 1]) + ada[:, 0]
-        x = self.conv_out(nn.silu(x), causal=self.causal)
+        x = self.conv_out(silu_rounded_once(x), causal=self.causal)
         return unpatchify(x, self.patch_size).transpose(0, 4, 1, 2, 3).astype(out_dtype)
 
     def iter_tiled_decode(self, latent: mx.array, tiling: vae_tiling.TilingConfig | str | None = "auto", *,
-                          timestep=None, noise: mx.array | None = None, noise_scale: float | None = None,
-                          key: mx.array | None = None,
+                          timestep=None, noise: NoiseSource | mx.array | None = None,
+                          noise_scale: float | None = None, key: mx.array | None = None,
                           memory_budget: int | None = None) -> Iterator[mx.array]:
         """Decode tile by tile, yielding finished (B, 3, T, H, W) chunks in frame order (the
         reference's ``tiled_decode`` generator). ``tiling``: a :class:`vae_tiling.TilingConfig`,
         ``"auto"`` (:func:`vae_tiling.auto_tiling`: the least decoding work whose estimated peak
         fits ``memory_budget`` bytes, default half the device memory) or None (one tile).
-        Noise, when needed, is drawn once for the whole latent and sliced per tile, so tiled and
-        untiled decodes see the same noise (the reference draws per tile)."""
-        needs_noise = self.timestep_conditioning and noise_scale != 0
-        if needs_noise and noise is None:
-            noise = mx.random.normal(latent.shape, key=key)
+
+        Noise (timestep-conditioned decoders only; others never draw): as the reference, which
+        runs ``forward`` once per tile and so calls ``torch.randn(tile latent shape)`` per tile,
+        in tile order (frames slowest, then height, then width), one fresh draw per tile:
+        ``noise`` a callable ``noise(shape, dtype) -> array`` is called once per tile with the
+        tile's latent shape and the decoder's dtype (the dtype the reference draws in), even when
+        ``noise_scale`` is 0 (the reference draws then too), so a caller can replay the
+        reference's draws; otherwise, with ``noise=None``, each tile draws a standard normal with
+        its own key (``key`` split once per tile in tile order; the global RNG when None).
+        ``noise`` an array of the latent's shape is sliced per tile instead (tiled and untiled
+        decodes then see the same noise; not the reference's draws)."""
+        if noise is not None and not callable(noise) and tuple(noise.shape) != tuple(latent.shape):
+            raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(latent.shape)}")
+        tile_key = key
+
+        def tile_noise(coords, shape):
+            nonlocal tile_key
+            if not self.timestep_conditioning:
+                return None
+            if callable(noise):
+                return noise(shape, self.dtype)
+            if noise is not None:
+                return noise[coords]
+            if noise_scale == 0:
+                return None
+            if tile_key is None:
+                return mx.random.normal(shape)
+            tile_key, sub = mx.random.split(tile_key)
+            return mx.random.normal(shape, key=sub)
+
         if isinstance(tiling, str):
             if tiling != "auto":
                 raise ValueError(f"tiling must be a TilingConfig, 'auto' or None; got {tiling!r}")
@@ -203,8 +236,7 @@ class VideoDecoder(nn.Module):
 
         def decode_tile(coords):
             sub = latent[coords]
-            sub_noise = None if noise is None else noise[coords]
-            return self(sub, timestep=timestep, noise=sub_noise, noise_scale=noise_scale)
+            return self(sub, timestep=timestep, noise=tile_noise(coords, tuple(sub.shape)), noise_scale=noise_scale)
 
         yield from vae_tiling.tiled_apply(decode_tile, latent.shape, self.video_scale_factors, tiling,
                                           out_channels=self.out_channels)
