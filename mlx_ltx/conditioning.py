@@ -204,22 +204,42 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
 
 
-def preprocess(image: np.ndarray, crf: int = DEFAULT_IMAGE_CRF) -> np.ndarray:
+def default_encoder_threads() -> int:
+    """The libx264 thread count the reference gets on this machine. PyAV opens encoders with
+    ``thread_count`` 0 (automatic) and slice threading; libx264's automatic count with slice
+    threads is one per CPU of the process's affinity mask."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks; x264 counts the logical CPUs there
+        return os.cpu_count() or 1
+
+
+def preprocess(image: np.ndarray, crf: int = DEFAULT_IMAGE_CRF, threads: int | None = None) -> np.ndarray:
     """One-frame H.264 round trip (libx264 ``crf``, preset veryfast, yuv420p) through the
     imageio-ffmpeg binary, cropped to even height and width; ``crf`` 0 returns the image.
-    The reference encodes with PyAV, whose RGB<->YUV conversion is swscale with bilinear
-    chroma filtering: ``-sws_flags bilinear`` reproduces it (the CLI default, bicubic, is off by
-    up to ~25 code values). Another libx264 build may still differ by a few code values."""
+
+    The reference encodes with PyAV, and two of its settings change the pixels:
+    - its RGB<->YUV conversion is swscale with bilinear chroma filtering: ``-sws_flags bilinear``
+      (the CLI default, bicubic, is off by up to ~25 code values);
+    - it opens libx264 slice-threaded (``thread_type`` SLICE): the frame is cut into one slice
+      per thread (images taller than 128 px), and the slices code differently, by 30-50 code
+      values between 1 and 2 threads. The ffmpeg CLI would pick frame threads; ``-thread_type
+      slice -threads N`` gives PyAV's bitstream at N threads. ``threads`` defaults to what the
+      reference uses on this machine (:func:`default_encoder_threads`)."""
     if crf == 0 or min(image.shape[0], image.shape[1]) < 2:
         return image
     import imageio_ffmpeg
 
+    threads = default_encoder_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"the H.264 encoder needs at least 1 thread; got {threads}")
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
     frame = np.ascontiguousarray(image[:h, :w], dtype=np.uint8)
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     common = [exe, "-nostdin", "-hide_banner", "-loglevel", "error"]
     encode = [*common, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "1", "-i", "-",
-              "-sws_flags", "bilinear", "-c:v", "libx264", "-crf", str(crf), "-preset", "veryfast",
+              "-sws_flags", "bilinear", "-c:v", "libx264", "-thread_type", "slice", "-threads", str(threads),
+              "-crf", str(crf), "-preset", "veryfast",
               "-pix_fmt", "yuv420p", "-frames:v", "1", "-f", "h264", "-"]
     decode = [*common, "-f", "h264", "-i", "-", "-sws_flags", "bilinear", "-frames:v", "1",
               "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
@@ -274,10 +294,10 @@ def normalize_images(pixels: np.ndarray) -> np.ndarray:
 
 
 def load_image_and_preprocess(path: str | os.PathLike, height: int, width: int, crf: int = DEFAULT_IMAGE_CRF,
-                              dtype: mx.Dtype = mx.float32) -> mx.array:
+                              dtype: mx.Dtype = mx.float32, threads: int | None = None) -> mx.array:
     """An image file -> conditioning pixels [1, 3, 1, height, width] in [−1, 1]: decode, CRF
-    re-compression, resize to cover + centre crop, normalise."""
-    image = preprocess(decode_image(path), crf)
+    re-compression (``threads``: see :func:`preprocess`), resize to cover + centre crop, normalise."""
+    image = preprocess(decode_image(path), crf, threads)
     return mx.array(normalize_images(resize_and_center_crop(image, height, width))).astype(dtype)
 
 
@@ -292,13 +312,15 @@ class ImageConditioningInput(NamedTuple):
 
 
 def combined_image_conditionings(images: list[ImageConditioningInput], height: int, width: int, video_encoder,
-                                 dtype: mx.Dtype = mx.float32) -> list:
+                                 dtype: mx.Dtype = mx.float32, crf_threads: int | None = None) -> list:
     """Each image encoded as a one-frame video: frame 0 replaces the first latent frame, any
-    other frame becomes appended guiding tokens at that pixel frame."""
+    other frame becomes appended guiding tokens at that pixel frame. ``crf_threads``: the H.264
+    round trip's thread count (None: the reference's on this machine)."""
     items = []
     for img in images:
         crf = DEFAULT_IMAGE_CRF if img.crf is None else img.crf
-        latent = video_encoder(load_image_and_preprocess(img.path, height, width, crf, video_encoder.dtype))
+        latent = video_encoder(load_image_and_preprocess(img.path, height, width, crf, video_encoder.dtype,
+                                                         crf_threads))
         latent = latent.astype(dtype)
         if img.frame_idx == 0:
             items.append(VideoConditionByLatentIndex(latent, img.strength, latent_idx=0))

@@ -64,6 +64,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", dest="images", action="append", nargs="+", metavar="ARG", default=[],
                    help="PATH FRAME_IDX STRENGTH [CRF]: frame 0 replaces the first latent frame, any other "
                         "frame is a guiding keyframe (e.g. the last frame); repeatable")
+    p.add_argument("--image-crf-threads", type=int, default=None, metavar="N",
+                   help="libx264 threads of the images' CRF round trip; the pixels depend on it. Default: one per "
+                        "CPU, as the reference on this machine; pass the reference machine's count to match it")
     p.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
                    help="Gemma-3 folder or HF repo id (default: the converted folder's text_encoder)")
     p.add_argument("--upsampler", "--spatial-upsampler-path", dest="upsampler", default=None,
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         images = [_image_arg(v) for v in args.images]
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
+    if args.image_crf_threads is not None and args.image_crf_threads < 1:
+        parser.error(f"--image-crf-threads must be at least 1; got {args.image_crf_threads}")
     from .pipelines import Pipeline
 
     try:
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             num_inference_steps=args.num_inference_steps, images=images, output_path=args.output_path,
             audio=not args.no_audio, wav_path=args.wav, enhance_prompt=args.enhance_prompt,
             video_guider_params=video_params, audio_guider_params=audio_params,
-            progress=(progress := _Progress(len(pipeline.spec.stages))))
+            crf_threads=args.image_crf_threads, progress=(progress := _Progress(len(pipeline.spec.stages))))
         progress.close()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

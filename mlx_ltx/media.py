@@ -52,18 +52,27 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def video_to_uint8(pixels) -> np.ndarray:
+def video_to_unit(pixels) -> np.ndarray:
     """Decoder pixels in the reference layout, (B=1, 3, F, H, W) or (3, F, H, W) in [−1, 1], ->
-    uint8 frames (F, H, W, 3), with the reference's ``clamp((x + 1) / 2, 0, 1)``."""
+    float32 frames (F, H, W, 3) in [0, 1], the reference's ``clamp((x + 1) / 2, 0, 1)``."""
     x = _to_numpy(pixels).astype(np.float32)
     if x.ndim == 5:
         if x.shape[0] != 1:
-            raise ValueError(f"video_to_uint8: one video at a time; got a batch of {x.shape[0]}")
+            raise ValueError(f"video_to_unit: one video at a time; got a batch of {x.shape[0]}")
         x = x[0]
     if x.ndim != 4 or x.shape[0] != 3:
-        raise ValueError(f"video_to_uint8: expected pixels (1, 3, F, H, W) or (3, F, H, W); got {x.shape}")
-    x = np.clip((x + 1.0) / 2.0, 0.0, 1.0)
-    return np.round(x.transpose(1, 2, 3, 0) * 255.0).astype(np.uint8)
+        raise ValueError(f"video_to_unit: expected pixels (1, 3, F, H, W) or (3, F, H, W); got {x.shape}")
+    return np.clip((x + 1.0) / 2.0, 0.0, 1.0).transpose(1, 2, 3, 0)
+
+
+def unit_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """float frames in [0, 1] -> uint8 (rounded)."""
+    return np.round(frames * 255.0).astype(np.uint8)
+
+
+def video_to_uint8(pixels) -> np.ndarray:
+    """Decoder pixels (see :func:`video_to_unit`) -> uint8 frames (F, H, W, 3)."""
+    return unit_to_uint8(video_to_unit(pixels))
 
 
 def _frames_chunk(chunk, what: str) -> np.ndarray:

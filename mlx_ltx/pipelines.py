@@ -24,7 +24,7 @@ import numpy as np
 from .conditioning import ImageConditioningInput, combined_image_conditionings
 from .guidance import MultiModalGuiderParams, detect_params, parse_model_version
 from .loading import Checkpoint
-from .media import fit_audio_to_video, video_to_uint8, write_video
+from .media import fit_audio_to_video, unit_to_uint8, video_to_unit, write_video
 from .pipeline_stages import (
     PIPELINES,
     Contexts,
@@ -157,8 +157,9 @@ class Pipeline:
         if steps is not None:
             if not self.spec.uses_steps:
                 raise ValueError(f"the {self.spec.name} pipeline has fixed sigma schedules; do not pass steps")
-            if steps < 1:
-                raise ValueError(f"steps must be at least 1; got {steps}")
+            if steps < 2:
+                raise ValueError(f"steps must be at least 2 (the schedule is stretched to its terminal sigma over "
+                                 f"the steps); got {steps}")
         for img in images:
             if not os.path.isfile(img.path):
                 raise FileNotFoundError(f"conditioning image not found: {img.path}")
@@ -260,14 +261,16 @@ class Pipeline:
                 video_guider_params: MultiModalGuiderParams | None = None,
                 audio_guider_params: MultiModalGuiderParams | None = None, noise: NoiseProvider | int = 42,
                 sigmas: dict | None = None, sde_noise=None, max_batch_size: int | None = 1,
-                trace: StageTrace | None = None, progress=None) -> tuple[mx.array, mx.array]:
+                trace: StageTrace | None = None, progress=None, crf_threads: int | None = None
+                ) -> tuple[mx.array, mx.array]:
         """The stages: (video latent [1,C,F,H,W], audio latent [1,Ca,T,M]). ``noise``: a seed or a
-        ``(shape, dtype, label) -> array`` provider (tests inject the reference's draws)."""
+        ``(shape, dtype, label) -> array`` provider (tests inject the reference's draws);
+        ``crf_threads``: the images' H.264 round trip (``conditioning.preprocess``)."""
         images = list(images)
         self.check_request(num_frames, height, width, fps, images, steps)
         geometry = Geometry(num_frames, height, width, float(fps))
         noise = SeededNoise(noise) if isinstance(noise, int) else noise
-        per_stage = self._stage_conditionings(images, geometry)
+        per_stage = self._stage_conditionings(images, geometry, crf_threads)
         runtime = _Runtime(self, per_stage)
         video, audio = run_stages(
             self.spec, runtime, self.config, geometry, contexts, noise,
@@ -278,14 +281,15 @@ class Pipeline:
             progress=progress)
         return video, audio
 
-    def _stage_conditionings(self, images: list[ImageConditioningInput], geometry: Geometry) -> list[list]:
+    def _stage_conditionings(self, images: list[ImageConditioningInput], geometry: Geometry,
+                             crf_threads: int | None = None) -> list[list]:
         """Every stage's image conditionings, encoded at that stage's size before the transformer
         is loaded (then the encoder can go)."""
         out = []
         for stage in self.spec.stages:
             h, w = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
             if images:
-                items = combined_image_conditionings(images, h, w, self.video_encoder(), self.dtype)
+                items = combined_image_conditionings(images, h, w, self.video_encoder(), self.dtype, crf_threads)
                 mx.eval([getattr(i, "latent", getattr(i, "keyframes", None)) for i in items])
             else:
                 items = []
@@ -296,15 +300,23 @@ class Pipeline:
         return out
 
     # ----------------------------------------------------------------- decoding
-    def decode_video(self, latent: mx.array, key: mx.array | None = None) -> np.ndarray:
-        """uint8 frames [F, H, W, 3]: tiled decode with an automatic memory budget."""
+    def iter_video_frames(self, latent: mx.array, key: mx.array | None = None, noise=None):
+        """Float32 frames [f, H, W, 3] in [0, 1], chunk by chunk as the tiled decode (automatic
+        memory budget) finishes them, as the reference's ``decode_video``. ``key`` / ``noise``: the
+        timestep-conditioned decoder's noise (``noise(shape, dtype)`` is called once per tile)."""
         from .models.video_decoder import VideoDecoder
 
         decoder = VideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
-        chunks = [video_to_uint8(c) for c in decoder.iter_tiled_decode(latent, "auto", key=key)]
-        del decoder
-        _release()
-        return np.concatenate(chunks, axis=0)
+        try:
+            for chunk in decoder.iter_tiled_decode(latent, "auto", key=key, noise=noise):
+                yield video_to_unit(chunk)
+        finally:
+            del decoder
+            _release()
+
+    def decode_video(self, latent: mx.array, key: mx.array | None = None, noise=None) -> np.ndarray:
+        """uint8 frames [F, H, W, 3] (see :meth:`iter_video_frames`)."""
+        return np.concatenate([unit_to_uint8(f) for f in self.iter_video_frames(latent, key, noise)], axis=0)
 
     def decode_audio(self, latent: mx.array) -> tuple[np.ndarray, int]:
         """float32 waveform [2, S] and its sample rate: audio VAE decoder, then the vocoder."""
@@ -330,10 +342,19 @@ class Pipeline:
                  images: list[ImageConditioningInput] = (), output_path: str | os.PathLike | None = None,
                  audio: bool = True, wav_path: str | os.PathLike | None = None, enhance_prompt: bool = False,
                  video_guider_params: MultiModalGuiderParams | None = None,
-                 audio_guider_params: MultiModalGuiderParams | None = None, progress=None) -> GenerationResult:
+                 audio_guider_params: MultiModalGuiderParams | None = None, progress=None,
+                 noise: NoiseProvider | None = None, sde_noise=None, crf_threads: int | None = None
+                 ) -> GenerationResult:
         """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
         when given. Sizes default to the reference's (final size for two-stage pipelines).
-        ``progress(stage, step, steps)`` is called after every denoising step."""
+        ``progress(stage, step, steps)`` is called after every denoising step.
+
+        Randomness: by default every draw comes from ``seed`` in the reference's order (stage noise,
+        video before audio, stage by stage, then the decoder's per-tile noise). ``noise`` replaces
+        those draws (a ``(shape, dtype, label) -> array`` provider; the decoder asks with label
+        ``"decoder"``) and ``sde_noise(stage_index)`` res_2s's SDE draws, e.g. to replay another
+        generator's numbers. ``crf_threads``: the H.264 thread count of the images' CRF round trip
+        (default: the reference's on this machine)."""
         p = self.params
         div = 2 if self.spec.two_stage else 1
         height = height or p.stage_1_height * div
@@ -348,17 +369,19 @@ class Pipeline:
         if wav_path is not None and not audio:
             raise ValueError("wav_path needs the audio: drop audio=False (--no-audio)")
         self.check_request(num_frames, height, width, fps, images, num_inference_steps)
+        if crf_threads is not None and crf_threads < 1:
+            raise ValueError(f"crf_threads must be at least 1; got {crf_threads}")
         contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
-        noise = SeededNoise(seed)
+        noise = SeededNoise(seed) if noise is None else noise
         video_latent, audio_latent = self.denoise(
             contexts, num_frames, height, width, fps, images=images, steps=num_inference_steps,
             video_guider_params=video_guider_params, audio_guider_params=audio_guider_params, noise=noise,
-            progress=progress)
+            sde_noise=sde_noise, progress=progress, crf_threads=crf_threads)
         if self.low_memory:
             self._transformer = self._distilled_lora = None
             self._lora_strength = None
             _release()
-        frames = self.decode_video(video_latent, key=noise.next_key())
+        frames = self.decode_video(video_latent, noise=lambda shape, dtype: noise(shape, dtype, "decoder"))
         waveform = rate = None
         if audio:
             waveform, rate = self.decode_audio(audio_latent)

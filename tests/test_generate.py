@@ -193,6 +193,9 @@ def test_cli_errors(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main([*base, "--negative-prompt", "bad"])
     assert "has no guidance" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main([*base, "--image-crf-threads", "0"])
+    assert "--image-crf-threads must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 
 
