@@ -9,6 +9,7 @@ local copy of it, or one local .safetensors) into an MLX model folder. Thin CLI 
 import argparse
 import sys
 
+from mlx_ltx.config import ConfigError
 from mlx_ltx.convert import DEFAULT_SHARD_BYTES, DTYPES, QUANT_BITS, UPSAMPLER_PATTERNS, ConvertError, convert
 from mlx_ltx.loading import CheckpointError
 
@@ -29,7 +30,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder-quantize", choices=sorted(QUANT_BITS))
     p.add_argument("--shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 2**30, help="max size of one output file")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of the source files")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder written by convert.py "
+                                                        "(or an empty one); any other folder is refused")
     return p
 
 
@@ -41,8 +43,13 @@ def main(argv=None) -> int:
                 loras=[n for n in args.loras.split(",") if n],
                 text_encoder=args.text_encoder, text_encoder_quantize=args.text_encoder_quantize, force=args.force,
                 shard_bytes=int(args.shard_gb * 2**30), hash_sources=not args.no_hash)
-    except (ConvertError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # the converter has already removed OUT.partial
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ConvertError, CheckpointError, ConfigError, OSError, MemoryError) as e:
+        # anticipated failures: one line, no traceback (other exceptions are bugs and keep theirs)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -55,6 +56,51 @@ _QUANTIZED_LINEAR = re.compile(
 
 class ConvertError(ValueError):
     """The conversion cannot start or did not complete; nothing was left at the target."""
+
+
+# written into OUT.partial while it is being filled (removed before the rename): an interrupted
+# run's leftover is recognisably ours
+PARTIAL_MARKER = ".mlx_ltx-partial"
+
+
+def is_replaceable(path: str) -> bool:
+    """True if ``path`` is a folder convert.py wrote (its config.json names our format), the
+    leftover of an interrupted run, or an empty folder: the only things a conversion replaces."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        entries = os.listdir(path)
+        if not entries or PARTIAL_MARKER in entries:
+            return True
+        with open(os.path.join(path, CONVERTED_CONFIG)) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == CONVERTED_FORMAT
+
+
+def _not_ours(path: str) -> ConvertError:
+    return ConvertError(f"{path} exists and is not a folder written by convert.py (no {CONVERTED_CONFIG} with "
+                        f"format {CONVERTED_FORMAT!r}); it was left untouched: choose another --out or move it away "
+                        f"(--force only replaces an earlier conversion or an empty folder)")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(folder) for f in names)
+
+
+def _save(path: str, tensors: dict, metadata: dict | None = None) -> None:
+    try:
+        mx.save_safetensors(path, tensors, metadata=metadata)
+    except RuntimeError as e:  # MLX reports write failures (disk full, permissions) as RuntimeError
+        raise ConvertError(f"could not write {path}: {e}") from None
 
 
 def should_quantize(key: str, shape: tuple[int, ...], group_size: int) -> bool:
@@ -164,7 +210,7 @@ class _ShardWriter:
         if not self.pending:
             return
         name = f"{self.stem}-{len(self.written) + 1:05d}.safetensors"
-        mx.save_safetensors(os.path.join(self.out_dir, name), self.pending)  # evaluates, then we drop them
+        _save(os.path.join(self.out_dir, name), self.pending)  # evaluates, then we drop them
         self.written.append(name)
         self.pending, self.size = {}, 0
 
@@ -194,8 +240,14 @@ def convert(
     if text_encoder_quantize is not None and text_encoder_quantize not in QUANT_BITS:
         raise ConvertError(f"--text-encoder-quantize {text_encoder_quantize!r}: choose from {sorted(QUANT_BITS)}")
     out = os.path.abspath(out.rstrip("/"))
-    if os.path.exists(out) and not force:
-        raise ConvertError(f"{out} exists; pass --force to replace it")
+    partial = out + ".partial"
+    if os.path.lexists(out):
+        if not is_replaceable(out):
+            raise _not_ours(out)
+        if not force:
+            raise ConvertError(f"{out} exists; pass --force to replace it")
+    if os.path.lexists(partial) and not is_replaceable(partial):
+        raise _not_ours(partial)
     files = resolve_sources(source, variant, list(upsamplers), list(loras))
     src = Checkpoint(files.model)
     if not isinstance(src.metadata.get("config"), dict):
@@ -230,10 +282,11 @@ def convert(
         raise ConvertError(f"not enough disk space in {parent}: the conversion writes about {total / 1e9:.2f} GB, "
                            f"{free / 1e9:.2f} GB are free")
 
-    partial = out + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)  # a previous interrupted run
-    os.makedirs(partial)
+    shutil.rmtree(partial, ignore_errors=True)  # a previous interrupted run (checked above)
+    trash = None  # where the replaced OUT waits until the new one is in place
     try:
+        os.makedirs(partial)
+        open(os.path.join(partial, PARTIAL_MARKER), "w").close()
         info = _write(src, files, partial, plan_files, target, bits, group_size, shard_bytes, progress)
         info["sources"] = [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
                             "sha256": sha256_file(p) if hash_sources else None}
@@ -247,14 +300,42 @@ def convert(
         with open(os.path.join(partial, CONVERTED_CONFIG), "w") as f:
             json.dump(info, f, indent=1)
         _verify(partial, src, info)
-        if os.path.exists(out):
-            shutil.rmtree(out)
+        os.remove(os.path.join(partial, PARTIAL_MARKER))
+        if os.path.lexists(out):
+            if not is_replaceable(out):  # it changed while we were converting
+                raise _not_ours(out)
+            trash = tempfile.mkdtemp(prefix=os.path.basename(out) + ".replaced-", dir=parent)
+            os.rename(out, os.path.join(trash, "old"))
         os.rename(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        if trash and not os.path.lexists(out) and os.path.lexists(os.path.join(trash, "old")):
+            os.rename(os.path.join(trash, "old"), out)  # put the previous conversion back
+        if trash:
+            shutil.rmtree(trash, ignore_errors=True)
         raise
-    progress(f"wrote {out}")
+    if trash:
+        shutil.rmtree(trash, ignore_errors=True)
+    for line in report(out, info):
+        progress(line)
     return out
+
+
+def report(out: str, info: dict) -> list[str]:
+    """What a conversion wrote: quantization, components, side files, size on disk."""
+    q = info.get("quantization")
+    lines = [f"quantized {q['layers']} transformer linear layers: {q['bits']} bits, group size {q['group_size']}"
+             if q else f"not quantized (tensors in {info.get('dtype')})"]
+    comps = info.get("components", {})
+    lines.append("components: " + ", ".join(f"{c} ({len(f)} file{'s' if len(f) != 1 else ''})"
+                                            for c, f in comps.items()))
+    for kind in ("upsamplers", "loras"):
+        if info.get(kind):
+            lines.append(f"{kind}: {', '.join(info[kind])}")
+    if info.get("text_encoder"):
+        lines.append(f"text encoder: {info['text_encoder']}/")
+    lines.append(f"wrote {out}: {_fmt_bytes(folder_bytes(out))} on disk")
+    return lines
 
 
 def _write(src: Checkpoint, files: SourceFiles, out_dir: str, plan: dict[str, list[str]], target: mx.Dtype,
@@ -289,7 +370,7 @@ def _write(src: Checkpoint, files: SourceFiles, out_dir: str, plan: dict[str, li
         tensors = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) and v.ndim > 0 else v
                    for k, v in mx.load(path).items()}
         fname = f"{kind}-{name}.safetensors"
-        mx.save_safetensors(os.path.join(out_dir, fname), tensors, metadata=raw_meta)  # metadata kept as it was
+        _save(os.path.join(out_dir, fname), tensors, metadata=raw_meta)  # metadata kept as it was
         side[kind][name] = fname
         progress(f"{kind} {name}: {len(tensors)} tensors")
     metadata = {k: v for k, v in src.metadata.items()}
@@ -309,7 +390,10 @@ def _convert_text_encoder(spec: str, out_dir: str, dtype: str, quantize: str | N
     kwargs = {"hf_path": spec, "mlx_path": out_dir, "dtype": dtype}
     if quantize:
         kwargs.update(quantize=True, q_bits=QUANT_BITS[quantize], q_group_size=group_size)
-    lm_convert(**kwargs)
+    try:
+        lm_convert(**kwargs)
+    except Exception as e:  # unknown repo, unsupported architecture...: one line naming the source
+        raise ConvertError(f"--text-encoder {spec}: mlx-lm could not convert it ({type(e).__name__}: {e})") from e
     return "text_encoder"
 
 
@@ -330,4 +414,5 @@ def _verify(folder: str, src: Checkpoint, info: dict) -> None:
         read_safetensors_header(os.path.join(folder, name))
 
 
-__all__ = ["ConvertError", "convert", "resolve_sources", "should_quantize", "CheckpointError"]
+__all__ = ["ConvertError", "convert", "is_replaceable", "report", "resolve_sources", "should_quantize",
+           "CheckpointError"]

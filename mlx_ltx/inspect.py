@@ -1,7 +1,11 @@
-"""Inspect an official LTX checkpoint: its configuration, its components, and whether each
-component this port implements loads strictly from it.
+"""Inspect an official LTX checkpoint or a folder made by convert.py: its configuration, its
+quantization, its components with their parameter counts, and whether each component this port
+implements loads strictly from it.
 
     python -m mlx_ltx.inspect ltx-2.3-22b-dev.safetensors [--verify] [--upsampler FILE ...]
+
+Parameter counts are logical: a quantized weight packs several parameters into each uint32, and
+is counted as its unquantized shape (scales × group size); its scales and biases are not counted.
 
 Without ``--verify`` only the header is read (instant, even for the 46 GB file). With it, every
 implemented component is built from the checkpoint's config and loaded with strict key and shape
@@ -39,8 +43,49 @@ def _fmt_count(n: int) -> str:
     return str(n)
 
 
+def quantized_layers(ckpt: Checkpoint) -> set[str]:
+    """Checkpoint keys (without ``.weight``) of the layers stored quantized (with scales)."""
+    return {k[: -len(".scales")] for k in ckpt.shapes
+            if k.endswith(".scales") and k[: -len(".scales")] + ".weight" in ckpt.shapes}
+
+
+def _logical(ckpt: Checkpoint, keys, quantized: set[str], group_size: int | None) -> tuple[int, int]:
+    """(tensors, parameters) of ``keys`` as they were before quantization."""
+    tensors = params = 0
+    for k in keys:
+        base, _, leaf = k.rpartition(".")
+        if base in quantized and leaf in ("scales", "biases"):
+            continue
+        tensors += 1
+        if base in quantized and leaf == "weight" and group_size:
+            params += math.prod(ckpt.shapes[base + ".scales"]) * group_size
+        else:
+            params += math.prod(ckpt.shapes[k])
+    return tensors, params
+
+
+def logical_params(ckpt: Checkpoint) -> int:
+    """Parameters of the whole checkpoint, quantized weights counted at their unquantized size."""
+    group_size = (ckpt.quantization or {}).get("group_size")
+    return _logical(ckpt, ckpt.shapes, quantized_layers(ckpt), group_size)[1]
+
+
 def summarize(ckpt: Checkpoint) -> list[str]:
     lines = [f"checkpoint: {ckpt.path}", f"model_version: {ckpt.metadata.get('model_version', '(absent: LTX-2.0)')}"]
+    info = getattr(ckpt, "info", None)  # a converted folder's config.json
+    if info:
+        lines.append(f"converted folder: format {info.get('format')} v{info.get('format_version')}, variant "
+                     f"{info.get('variant')}, dtype {info.get('dtype')}")
+    quantized = quantized_layers(ckpt)
+    q = ckpt.quantization or {}
+    group_size = q.get("group_size")
+    if quantized:
+        lines.append(f"quantization: {len(quantized)} layers, {q.get('bits', '?')} bits, group size "
+                     f"{group_size or '?'}, {q.get('mode', 'affine')}"
+                     + ("" if q else " (settings missing from config.json: the folder does not load; packed "
+                                     "weights counted as stored)"))
+    else:
+        lines.append("quantization: none")
     cfg = ckpt.config
     t = cfg.transformer
     lines.append(
@@ -57,13 +102,20 @@ def summarize(ckpt: Checkpoint) -> list[str]:
     voc = cfg.vocoder
     lines.append("vocoder: " + (f"BWE {voc.vocoder.output_sampling_rate} -> {voc.bwe.output_sampling_rate} Hz"
                                 if voc.bwe else f"HiFi-GAN {voc.vocoder.output_sampling_rate} Hz"))
+    seen: set[str] = set()  # the VAE statistics belong to both VAE halves: count them once in the total
+    total = 0
     for name in COMPONENTS:
         if name == "upsampler":
             continue
-        keys = ckpt.component_keys(name).values()
-        n = sum(math.prod(ckpt.shapes[k]) for k in keys)
-        dtypes = sorted({ckpt.dtypes[k] for k in keys})
-        lines.append(f"  {name:18s} {len(keys):5d} tensors {_fmt_count(n):>8s} params {','.join(dtypes)}")
+        keys = list(ckpt.component_keys(name).values())
+        n_tensors, n = _logical(ckpt, keys, quantized, group_size)
+        total += _logical(ckpt, [k for k in keys if k not in seen], quantized, group_size)[1]
+        seen.update(keys)
+        q_here = [k for k in keys if k.endswith(".weight") and k[: -len(".weight")] in quantized]
+        dtypes = sorted({ckpt.dtypes[k] for k in keys if k not in q_here and k.rpartition(".")[0] not in quantized})
+        extra = f", {len(q_here)} layers {q.get('bits', '?')}-bit" if q_here else ""
+        lines.append(f"  {name:18s} {n_tensors:5d} tensors {_fmt_count(n):>8s} params {','.join(dtypes)}{extra}")
+    lines.append(f"  {'total':18s} {'':5s}         {_fmt_count(total):>8s} params")
     return lines
 
 
@@ -84,7 +136,8 @@ def verify(ckpt: Checkpoint, dtype: mx.Dtype) -> list[str]:
 
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mlx_ltx.inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="official single-file LTX checkpoint (.safetensors)")
+    p.add_argument("checkpoint", help="official single-file LTX checkpoint (.safetensors) or a folder made by "
+                                      "convert.py")
     p.add_argument("--verify", action="store_true", help="build and strictly load every implemented component")
     p.add_argument("--upsampler", nargs="*", default=[], help="latent upsampler files to inspect too")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
@@ -108,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.verify and "upsampler" in BUILDERS:
                 load_component(up, "upsampler", BUILDERS["upsampler"](up), dtype=getattr(mx, args.dtype))
                 print("  loads strictly")
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -99,16 +99,55 @@ def test_interrupted_conversion_leaves_nothing(fixture_set, tmp_path, monkeypatc
     assert Checkpoint(out).shapes.keys() == fixture_set.checkpoint.shapes.keys()
 
 
-def test_existing_output_needs_force(fixture_set, tmp_path):
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_force_replaces_only_our_own_folders(fixture_set, tmp_path):
     src_dir, _ = _release_copy(fixture_set, tmp_path / "release")
     out = tmp_path / "model"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(conv.ConvertError, match="--force"):
-        conv.convert(str(src_dir), "dev", str(out), progress=lambda m: None)
-    assert (out / "keep.txt").read_text() == "mine"
-    conv.convert(str(src_dir), "dev", str(out), force=True, progress=lambda m: None)
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    payload = os.urandom(1000)
+    (out / "keep.bin").write_bytes(payload)
+    (out / "config.json").write_text('{"format": "something else"}')
+    before = _listing(tmp_path)
+    for force in (False, True):  # a user's folder is refused, with or without --force
+        with pytest.raises(conv.ConvertError, match=f"{out} exists and is not a folder written by convert.py"):
+            conv.convert(str(src_dir), "dev", str(out), force=force, progress=lambda m: None)
+        assert (out / "keep.bin").read_bytes() == payload
+        assert _listing(tmp_path) == before  # nothing else written: no .partial
+    # an empty folder and an earlier conversion are replaced with --force (only)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(conv.ConvertError, match="pass --force"):
+        conv.convert(str(src_dir), "dev", str(empty), progress=lambda m: None)
+    conv.convert(str(src_dir), "dev", str(empty), force=True, progress=lambda m: None)
+    with pytest.raises(conv.ConvertError, match="pass --force"):
+        conv.convert(str(src_dir), "dev", str(empty), progress=lambda m: None)
+    conv.convert(str(src_dir), "dev", str(empty), force=True, progress=lambda m: None)
+    assert Checkpoint(empty).shapes.keys() == fixture_set.checkpoint.shapes.keys()
+    assert not any(p.name.startswith("empty.") for p in tmp_path.iterdir())  # no .partial, no replaced copy
+    # a stale OUT.partial that is not ours is refused too
+    user_partial = tmp_path / "other.partial"
+    user_partial.mkdir()
+    (user_partial / "notes.txt").write_text("mine")
+    with pytest.raises(conv.ConvertError, match="other.partial exists and is not"):
+        conv.convert(str(src_dir), "dev", str(tmp_path / "other"), progress=lambda m: None)
+    assert (user_partial / "notes.txt").read_text() == "mine" and not (tmp_path / "other").exists()
+
+
+def test_cli_force_refuses_user_folder(fixture_set, tmp_path, capsys):
+    cli = _cli()
+    src_dir, _ = _release_copy(fixture_set, tmp_path / "release")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"mine\n")
+    before = _listing(tmp_path)
+    assert cli.main(["--source", str(src_dir), "--variant", "dev", "--out", str(out), "--force", "--no-hash"]) == 1
+    cap = capsys.readouterr()
+    assert cap.err.count("\n") == 1 and cap.err.startswith(f"error: {out} exists and is not a folder written by")
+    assert "Traceback" not in cap.err
+    assert (out / "keep.txt").read_bytes() == b"mine\n" and _listing(tmp_path) == before
 
 
 def test_clear_errors(fixture_set, tmp_path, monkeypatch):
@@ -283,19 +322,73 @@ def test_lora_is_copied_with_its_metadata(fixture_set, tmp_path):
     assert name in [s["file"] for s in info["sources"]]
 
 
-def test_cli(fixture_set, tmp_path, capsys):
+def _cli():
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("convert_cli", Path(__file__).parents[1] / "convert.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def test_cli(fixture_set, tmp_path, capsys):
+    cli = _cli()
     src_dir, ups = _release_copy(fixture_set, tmp_path / "release")
     assert cli.main(["--source", str(src_dir), "--variant", "dev", "--out", str(tmp_path / "m"), "--no-hash",
                      "--upsamplers", ",".join(ups)]) == 0
     assert Checkpoint(tmp_path / "m").shapes.keys() == fixture_set.checkpoint.shapes.keys()
+    # the report: quantization, components written, side files, size on disk
+    out = capsys.readouterr().out
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "not quantized (tensors in bfloat16)" in out
+    comp_line = next(line for line in out.splitlines() if line.startswith("components: "))
+    assert all(f"{c} (" in comp_line for c in info["components"])
+    if ups:
+        assert f"upsamplers: {', '.join(ups)}" in out
+    size = sum(f.stat().st_size for f in (tmp_path / "m").rglob("*") if f.is_file())
+    assert f"wrote {tmp_path / 'm'}: {conv._fmt_bytes(size)} on disk" in out
     assert cli.main(["--source", str(tmp_path / "nowhere"), "--variant", "dev", "--out", str(tmp_path / "n")]) == 1
     assert "not a file, a folder, or a Hugging Face repo id" in capsys.readouterr().err
+
+
+def test_cli_reports_quantization(fixture_set, tmp_path, capsys):
+    cli = _cli()
+    n = sum(conv.should_quantize(k, v, 64) for k, v in fixture_set.checkpoint.shapes.items())
+    assert cli.main(["--source", str(fixture_set.checkpoint_path), "--variant", "dev", "--out", str(tmp_path / "q"),
+                     "--no-hash", "--quantize", "q4"]) == 0
+    assert f"quantized {n} transformer linear layers: 4 bits, group size 64" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("exc, code, message", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (OSError(28, "No space left on device"), 1, "error: [Errno 28] No space left on device"),
+    (MemoryError(), 1, "error: MemoryError"),
+    (conv.ConvertError("bad thing\non two lines"), 1, "error: bad thing on two lines"),
+])
+def test_cli_errors_are_one_line(fixture_set, tmp_path, capsys, monkeypatch, exc, code, message):
+    """Anticipated failures during the conversion: one line on stderr, a non-zero exit code, no
+    traceback, and no OUT or OUT.partial left (an earlier conversion at OUT is kept)."""
+    cli = _cli()
+    src_dir, _ = _release_copy(fixture_set, tmp_path / "release")
+    args = ["--source", str(src_dir), "--variant", "dev", "--no-hash"]
+    assert cli.main([*args, "--out", str(tmp_path / "old")]) == 0
+    capsys.readouterr()
+
+    def failing(out):
+        def fail(*a, **k):
+            assert (tmp_path / f"{out}.partial").is_dir()  # the conversion had started writing
+            raise exc
+        return fail
+
+    for out, force in (("new", []), ("old", ["--force"])):
+        before = _listing(tmp_path)
+        monkeypatch.setattr(conv, "_write", failing(out))
+        assert cli.main([*args, "--out", str(tmp_path / out), *force]) == code
+        err = capsys.readouterr().err
+        assert err == message + "\n"
+        assert _listing(tmp_path) == before  # no partial output, the earlier conversion untouched
+    assert Checkpoint(tmp_path / "old").shapes.keys() == fixture_set.checkpoint.shapes.keys()
 
 
 def test_official_repo_id_is_not_downloaded_whole(tmp_path):
