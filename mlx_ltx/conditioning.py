@@ -181,27 +181,40 @@ _ORIENTATION_TO_ROTATION = {3: 180, 6: 270, 8: 90}  # EXIF Orientation -> counte
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> uint8 RGB [H, W, 3]: EXIF rotation applied, an embedded ICC profile
     converted to sRGB, alpha dropped (not composited), as the reference's ``decode_image``."""
-    from PIL import Image, ImageCms
+    from PIL import Image, ImageCms, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        orientation = image.getexif().get(0x0112)
-        if orientation in _ORIENTATION_TO_ROTATION:
-            image = image.rotate(_ORIENTATION_TO_ROTATION[orientation], expand=True)
-        icc = image.info.get("icc_profile")
-        if image.mode == "RGBA":
+    try:
+        with Image.open(path) as image:
+            return _decode_opened(image, ImageCms)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"conditioning image not found: {os.fspath(path)}") from None
+    except IsADirectoryError:
+        raise ValueError(f"conditioning image {os.fspath(path)} is a folder, not an image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # PIL raises OSError for truncated data, SyntaxError / ValueError for some corrupt headers
+        raise ValueError(f"conditioning image {os.fspath(path)} cannot be decoded as an image "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _decode_opened(image, ImageCms) -> np.ndarray:
+    orientation = image.getexif().get(0x0112)
+    if orientation in _ORIENTATION_TO_ROTATION:
+        image = image.rotate(_ORIENTATION_TO_ROTATION[orientation], expand=True)
+    icc = image.info.get("icc_profile")
+    if image.mode == "RGBA":
+        image = image.convert("RGB")
+    elif image.mode == "LA":
+        image = image.convert("L")
+    if icc:
+        try:
+            image = ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                              ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")),
+                                              outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
             image = image.convert("RGB")
-        elif image.mode == "LA":
-            image = image.convert("L")
-        if icc:
-            try:
-                image = ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                                  ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")),
-                                                  outputMode="RGB")
-            except (ImageCms.PyCMSError, OSError, ValueError):
-                image = image.convert("RGB")
-        else:
-            image = image.convert("RGB")
-        return np.array(image, dtype=np.uint8)
+    else:
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)
 
 
 def default_encoder_threads() -> int:

@@ -51,14 +51,16 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                    help="guided pipelines only (default: the reference's DEFAULT_NEGATIVE_PROMPT)")
     p.add_argument("--enhance-prompt", action="store_true",
                    help="let Gemma rewrite the prompt first (needs a Gemma with a chat template)")
-    p.add_argument("--output-path", "--output", dest="output_path", required=True, help="output .mp4")
+    p.add_argument("--output-path", "--output", dest="output_path", required=True,
+                   help="output .mp4, in an existing folder; an existing file is kept unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output / --wav file")
     p.add_argument("--height", type=int, default=None,
                    help="pixels; default 512 (one stage) / 1024 (two stages; HQ 1088)")
     p.add_argument("--width", type=int, default=None,
                    help="pixels; default 768 (one stage) / 1536 (two stages; HQ 1920)")
     p.add_argument("--num-frames", type=int, default=None, help="8k+1 frames; default 121")
     p.add_argument("--frame-rate", "--fps", dest="frame_rate", type=float, default=None, help="default 24")
-    p.add_argument("--seed", type=int, default=None, help="default 10")
+    p.add_argument("--seed", type=int, default=None, help="any integer, used modulo 2**64; default 10")
     p.add_argument("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=None,
                    help="dev pipelines' stage-1 steps; default 30 (2.3), 40 (19B), 15 (HQ)")
     p.add_argument("--image", dest="images", action="append", nargs="+", metavar="ARG", default=[],
@@ -125,27 +127,47 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.image_crf_threads is not None and args.image_crf_threads < 1:
         parser.error(f"--image-crf-threads must be at least 1; got {args.image_crf_threads}")
-    from .pipelines import Pipeline
-
     try:
-        pipeline = Pipeline.from_pretrained(args.model, args.pipeline, gemma=args.gemma, upsampler=args.upsampler,
-                                            distilled_lora=args.distilled_lora, dtype=_DTYPES[args.dtype],
-                                            low_memory=not args.keep_models)
-        video_params = _guider_params(args, "video", "a2v", pipeline.params.video_guider_params)
-        audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)
-        if not pipeline.spec.guided and (video_params or audio_params or args.negative_prompt is not None):
-            parser.error(f"the {args.pipeline} pipeline has no guidance: drop --negative-prompt and the guidance flags")
+        return _run(parser, args, images)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # bad input (CheckpointError included), missing or unwritable files
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # ffmpeg (media.FFmpegError, the images' H.264 round trip), MLX
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " | ".join(lines) if lines else type(e).__name__
+
+
+def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningInput]) -> int:
+    from .pipelines import Pipeline
+    from .validation import CLI_NAMES
+
+    pipeline = Pipeline.from_pretrained(args.model, args.pipeline, gemma=args.gemma, upsampler=args.upsampler,
+                                        distilled_lora=args.distilled_lora, dtype=_DTYPES[args.dtype],
+                                        low_memory=not args.keep_models)
+    pipeline.arg_names = CLI_NAMES
+    video_params = _guider_params(args, "video", "a2v", pipeline.params.video_guider_params)
+    audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)
+    if not pipeline.spec.guided and (video_params or audio_params or args.negative_prompt is not None):
+        parser.error(f"the {args.pipeline} pipeline has no guidance: drop --negative-prompt and the guidance flags")
+    progress = _Progress(len(pipeline.spec.stages))
+    try:
         result = pipeline.generate(
             args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
             num_frames=args.num_frames, fps=args.frame_rate, seed=args.seed,
             num_inference_steps=args.num_inference_steps, images=images, output_path=args.output_path,
             audio=not args.no_audio, wav_path=args.wav, enhance_prompt=args.enhance_prompt,
             video_guider_params=video_params, audio_guider_params=audio_params,
-            crf_threads=args.image_crf_threads, progress=(progress := _Progress(len(pipeline.spec.stages))))
+            crf_threads=args.image_crf_threads, overwrite=args.overwrite, progress=progress)
+    finally:
         progress.close()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"wrote {result.path} ({result.frames.shape[0]} frames {result.frames.shape[2]}x{result.frames.shape[1]}"
           f" at {result.fps:g} fps{', with audio' if result.audio is not None else ''})")
     return 0

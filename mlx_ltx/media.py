@@ -146,6 +146,27 @@ def fit_audio_to_video(audio, num_frames: int, fps: float, sample_rate: int) -> 
     return np.pad(x, pad)
 
 
+def check_output_path(path, suffix: str = ".mp4", *, overwrite: bool = False, what: str = "output_path") -> Path:
+    """Refuse an output path before any work is done: it must end in ``suffix``, must not be a
+    folder, its folder must exist and be writable, and an existing file is refused unless
+    ``overwrite`` (then it is replaced atomically only once the new file is complete). ``what``
+    names the argument (or CLI flag) in the errors."""
+    target = Path(path)
+    if target.suffix.lower() != suffix:
+        raise ValueError(f"{what} must end in {suffix}; got {os.fspath(path)!r}")
+    if target.is_dir():
+        raise ValueError(f"{what} {os.fspath(path)!r} is a folder; give a file name ending in {suffix}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} {os.fspath(path)!r}: folder {os.fspath(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {os.fspath(path)!r}: folder {os.fspath(folder)!r} is not writable")
+    if target.exists() and not overwrite:
+        raise ValueError(f"{what} {os.fspath(path)!r} already exists; pass overwrite=True (--overwrite) to replace "
+                         f"it")
+    return target
+
+
 def _partial_path(target: Path) -> Path:
     """A hidden, unique name in the target's folder (same filesystem, so the rename is atomic);
     it keeps the suffix so ffmpeg picks the container from it."""

@@ -36,6 +36,7 @@ from .pipeline_stages import (
     StageTrace,
     run_stages,
 )
+from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int
 
 # ltx_pipelines/utils/constants.py :: DEFAULT_NEGATIVE_PROMPT (the guided pipelines' default)
 DEFAULT_NEGATIVE_PROMPT = (
@@ -77,8 +78,12 @@ def _side_file(checkpoint: Checkpoint, kind: str, name: str) -> str | None:
     return os.path.join(checkpoint.path, rel) if rel else None
 
 
-class Pipeline:
+class Pipeline(RequestValidation):
     """One of the four pipelines over one checkpoint. Build with :meth:`from_pretrained`."""
+
+    # how validation errors name generate()'s arguments: as themselves by default; the CLI sets
+    # CLI_NAMES so they name its flags
+    arg_names: dict[str, str] = {}
 
     def __init__(self, spec: PipelineSpec, checkpoint: Checkpoint, gemma: str | None, upsampler: str | None = None,
                  distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool = True):
@@ -115,6 +120,12 @@ class Pipeline:
         spec = PIPELINES[pipeline]
         ckpt = Checkpoint(model)
         info = getattr(ckpt, "info", None) or {}
+        variant, wanted = info.get("variant"), "distilled" if pipeline == "distilled" else "dev"
+        if variant is not None and variant != wanted:
+            fits = "distilled" if variant == "distilled" else "dev, dev-two-stage or dev-two-stage-hq"
+            raise ValueError(f"pipeline {pipeline!r} (--pipeline) needs a {wanted} checkpoint, but {ckpt.path} was "
+                             f"converted with --variant {variant}: use pipeline {fits} with it, or a folder "
+                             f"converted with --variant {wanted}")
         if gemma is None and info.get("text_encoder"):
             gemma = os.path.join(ckpt.path, info["text_encoder"])
         if gemma is None:
@@ -131,43 +142,13 @@ class Pipeline:
         for what, path in (("upsampler", upsampler), ("distilled LoRA", distilled_lora)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"{what} file not found: {path}")
+        if spec.two_stage:
+            _check_x2_upsampler(upsampler)
         return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
                    low_memory)
 
     # ----------------------------------------------------------------- validation
-    def check_request(self, num_frames: int, height: int, width: int, fps: float,
-                      images: list[ImageConditioningInput], steps: int | None) -> None:
-        """Errors that say what to change, before anything is loaded."""
-        t, sh, sw = self.config.vae.scale_factors
-        div = 2 if self.spec.two_stage else 1
-        for name, size, f in (("height", height, sh * div), ("width", width, sw * div)):
-            if size < f or size % f:
-                lo = size // f * f
-                ok = " or ".join(str(n) for n in (lo, lo + f) if n >= f)
-                why = (" (two-stage pipelines run stage 1 at half size, which must be a multiple of "
-                       f"{f // div})" if div == 2 else "")
-                raise ValueError(f"{name} must be a multiple of {f} for the {self.spec.name} pipeline{why}; "
-                                 f"got {size}, {ok} would work")
-        if num_frames < 1 or (num_frames - 1) % t:
-            lo = (num_frames - 1) // t * t + 1
-            ok = " or ".join(str(n) for n in (lo, lo + t) if n >= 1)
-            raise ValueError(f"num_frames must be {t}k+1; got {num_frames}, {ok} would work")
-        if not fps > 0:
-            raise ValueError(f"fps must be positive; got {fps}")
-        if steps is not None:
-            if not self.spec.uses_steps:
-                raise ValueError(f"the {self.spec.name} pipeline has fixed sigma schedules; do not pass steps")
-            if steps < 2:
-                raise ValueError(f"steps must be at least 2 (the schedule is stretched to its terminal sigma over "
-                                 f"the steps); got {steps}")
-        for img in images:
-            if not os.path.isfile(img.path):
-                raise FileNotFoundError(f"conditioning image not found: {img.path}")
-            if not 0 <= img.frame_idx < num_frames:
-                raise ValueError(f"image {img.path}: frame index {img.frame_idx} is outside the video's frames "
-                                 f"0..{num_frames - 1}")
-            if not 0.0 <= img.strength <= 1.0:
-                raise ValueError(f"image {img.path}: strength {img.strength} must be in [0, 1]")
+    # (the checks live in validation.RequestValidation)
 
     # ----------------------------------------------------------------- text
     def text_encoder(self):
@@ -343,8 +324,8 @@ class Pipeline:
                  audio: bool = True, wav_path: str | os.PathLike | None = None, enhance_prompt: bool = False,
                  video_guider_params: MultiModalGuiderParams | None = None,
                  audio_guider_params: MultiModalGuiderParams | None = None, progress=None,
-                 noise: NoiseProvider | None = None, sde_noise=None, crf_threads: int | None = None
-                 ) -> GenerationResult:
+                 noise: NoiseProvider | None = None, sde_noise=None, crf_threads: int | None = None,
+                 overwrite: bool = False) -> GenerationResult:
         """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
         when given. Sizes default to the reference's (final size for two-stage pipelines).
         ``progress(stage, step, steps)`` is called after every denoising step.
@@ -354,14 +335,19 @@ class Pipeline:
         those draws (a ``(shape, dtype, label) -> array`` provider; the decoder asks with label
         ``"decoder"``) and ``sde_noise(stage_index)`` res_2s's SDE draws, e.g. to replay another
         generator's numbers. ``crf_threads``: the H.264 thread count of the images' CRF round trip
-        (default: the reference's on this machine)."""
+        (default: the reference's on this machine). ``seed``: any integer, used modulo 2**64.
+        ``overwrite``: replace an existing ``output_path`` / ``wav_path`` (refused otherwise).
+
+        Every argument is checked (:meth:`check_request`, :meth:`validate`) before any model loads."""
         p = self.params
         div = 2 if self.spec.two_stage else 1
-        height = height or p.stage_1_height * div
-        width = width or p.stage_1_width * div
-        num_frames = num_frames or p.num_frames
-        fps = float(fps or p.frame_rate)
-        seed = p.seed if seed is None else int(seed)
+        height = p.stage_1_height * div if height is None else height
+        width = p.stage_1_width * div if width is None else width
+        num_frames = p.num_frames if num_frames is None else num_frames
+        fps = p.frame_rate if fps is None else fps
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"{self._name('seed')} must be an integer; got {seed!r}")
+        seed = p.seed if seed is None else int(seed) % SEED_MODULUS
         images = list(images)
         if enhance_prompt and images:
             raise ValueError("prompt enhancement with conditioning images (the reference's image-to-video rewrite) "
@@ -369,8 +355,10 @@ class Pipeline:
         if wav_path is not None and not audio:
             raise ValueError("wav_path needs the audio: drop audio=False (--no-audio)")
         self.check_request(num_frames, height, width, fps, images, num_inference_steps)
-        if crf_threads is not None and crf_threads < 1:
-            raise ValueError(f"crf_threads must be at least 1; got {crf_threads}")
+        self.validate(prompt, images=images, output_path=output_path, wav_path=wav_path, overwrite=overwrite,
+                      video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
+                      crf_threads=crf_threads)
+        fps = float(fps)
         contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
         noise = SeededNoise(seed) if noise is None else noise
         video_latent, audio_latent = self.denoise(
