@@ -1,7 +1,8 @@
 """Open official LTX checkpoints and load components strictly.
 
 The release is one safetensors file per model; each component is a key prefix in it
-(REFERENCE-MAP §1.3). The reference loads with ``strict=False``, so a misnamed tensor silently
+(the ``SDOps`` key maps in ``ltx_core/model/*/model_configurator.py``). The reference loads with
+``strict=False`` (``ltx_core/loader/single_gpu_model_builder.py``), so a misnamed tensor silently
 stays at its random init there. Here every component load checks the full key set and every
 shape, and an error names the offending keys and the file.
 

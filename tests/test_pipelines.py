@@ -88,7 +88,8 @@ def check(errors, name, actual, expected, tol=TOL_LOOP):
 
 
 def test_pipeline_table():
-    """The descriptions say what REFERENCE-MAP §7's table says."""
+    """The descriptions say what the reference's pipeline classes do (``ltx_pipelines/distilled.py``,
+    ``ti2vid_one_stage.py``, ``ti2vid_two_stages.py``, ``ti2vid_two_stages_hq.py``)."""
     d, dev, two, hq = (PIPELINES[n] for n in ("distilled", "dev", "dev-two-stage", "dev-two-stage-hq"))
     assert [s.sigmas for s in d.stages] == [SigmaSource.DISTILLED, SigmaSource.STAGE_2]
     assert [s.denoiser for s in d.stages] == [DenoiserKind.SIMPLE] * 2 and d.audio_stage == 1

@@ -40,13 +40,31 @@ def default_t2v_system_prompt() -> str:
     return (_PROMPTS / "gemma3_t2v_system_prompt.txt").read_text()
 
 
+def keyed_sampler(key: mx.array, temp: float, top_k: int):
+    """An mlx-lm sampler (log-probabilities [B, V] -> token ids [B]): top-k filtering, then a
+    categorical draw at ``temp``. Every call splits a fresh subkey off ``key``, so the draws
+    depend only on ``key`` and never touch MLX's global random state (mlx-lm's ``make_sampler``
+    draws from it)."""
+    state = [key]
+
+    def sample(logprobs: mx.array) -> mx.array:
+        state[0], subkey = mx.random.split(state[0])
+        if 0 < top_k < logprobs.shape[-1]:
+            dropped = mx.argpartition(-logprobs, kth=top_k - 1, axis=-1)[..., top_k:]
+            logprobs = mx.put_along_axis(logprobs, dropped, mx.array(-float("inf"), logprobs.dtype), axis=-1)
+        return mx.random.categorical(logprobs * (1.0 / temp), key=subkey)
+
+    return sample
+
+
 def enhance_t2v(encoder: GemmaTextEncoder, prompt: str, max_new_tokens: int | None = None,
                 system_prompt: str | None = None, seed: int = 10) -> str:
     """``LTXGemmaTextEncoder.enhance_t2v``: Gemma rewrites ``prompt`` following the T2V system
-    prompt, sampled with mlx-lm (temperature 0.7, top-k 50, at most 512 new tokens). The text
-    differs from the reference's for the same seed: the random streams are not torch's."""
+    prompt, sampled with mlx-lm (temperature 0.7, top-k 50, at most 512 new tokens). The draws
+    come from ``mx.random.key(seed)``, so the text is reproducible for a seed and MLX's global
+    random state is left alone. The text differs from the reference's for the same seed: the
+    random streams are not torch's."""
     from mlx_lm.generate import stream_generate
-    from mlx_lm.sample_utils import make_sampler
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     if encoder.config.sliding_window_pattern is None:
@@ -61,12 +79,11 @@ def enhance_t2v(encoder: GemmaTextEncoder, prompt: str, max_new_tokens: int | No
     # tokenised as Gemma3Processor does (special tokens added); the reference's left padding
     # to a multiple of 8 only aligns Flash Attention and is left out
     ids = mx.array(hf(text, verbose=False)["input_ids"], mx.uint32)
-    mx.random.seed(seed)
     generated = []
     for response in stream_generate(
         encoder.model.language_model, TokenizerWrapper(hf, eos_token_ids=list(encoder.config.eos_token_ids)), ids,
         max_tokens=max_new_tokens or ENHANCE_MAX_NEW_TOKENS,
-        sampler=make_sampler(temp=ENHANCE_TEMPERATURE, top_k=ENHANCE_TOP_K),
+        sampler=keyed_sampler(mx.random.key(seed), temp=ENHANCE_TEMPERATURE, top_k=ENHANCE_TOP_K),
     ):
         generated.append(response.token)
     return hf.decode(generated, skip_special_tokens=True)

@@ -1,7 +1,8 @@
 """The LTX audio-video diffusion transformer (``ltx_core/model/transformer/transformer.py``,
 ``model.py``): ``BasicAVTransformerBlock`` and ``LTXModel``, for LTX-2.3 and LTX-2 19B.
 
-The checkpoint's config decides the features (REFERENCE-MAP §2): 2.3 has gated attention,
+The checkpoint's config decides the features (``model_configurator.py`` :: ``LTXModelConfigurator``
+and ``_build_caption_projections``): 2.3 has gated attention,
 9-row block tables with text-query modulation and prompt adaLN, and its caption projection
 before the connector; 19B has no gates, 6-row tables and the PixArt caption projections
 inside this module. Row orders that are easy to get wrong:

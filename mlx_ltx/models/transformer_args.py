@@ -5,7 +5,8 @@
 A ``Modality`` is what a pipeline hands over per stream (tokens, σ, per-token timesteps,
 positions, text context). ``TransformerArgsPreprocessor`` turns it into the per-block
 ``TransformerArgs``: projected tokens, adaLN timestep vectors, RoPE tables, prompt and
-A/V cross-attention modulation, masks. Which σ feeds what (REFERENCE-MAP §2.4):
+A/V cross-attention modulation, masks. Which σ feeds what (``transformer_args.py`` ::
+``TransformerArgsPreprocessor.prepare`` / ``MultiModalTransformerArgsPreprocessor.prepare``):
 
 * per-token timesteps (σ·denoise_mask) -> block adaLN, output modulation, A/V scale-shift;
 * the stream's own scalar σ -> prompt adaLN (LTX-2.3);

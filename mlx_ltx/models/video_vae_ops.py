@@ -5,7 +5,8 @@
 Everything inside runs channels-last, ``(B, F, H, W, C)``, the layout ``mx.conv3d`` wants; the
 public encoder/decoder calls convert from and to the reference's ``(B, C, F, H, W)``.
 
-Two channel packings live here and must not be confused (REFERENCE-MAP §4, §10.8):
+Two channel packings live here and must not be confused (``video_vae/ops.py`` :: ``patchify``,
+``video_vae/sampling.py`` :: ``SpaceToDepthDownsample`` / ``DepthToSpaceUpsample``):
 pixel (un)patchify packs ``(c, w-offset, h-offset)`` (einops ``c r q`` with q the height
 offset), SpaceToDepth/DepthToSpace pack ``(c, t-offset, h-offset, w-offset)``.
 """
