@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+import textwrap
 
 import mlx.core as mx
 
@@ -25,6 +27,9 @@ _DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
 # --flag suffix -> MultiModalGuiderParams field
 _GUIDER_FLAGS = (("cfg-guidance-scale", "cfg_scale", float), ("stg-guidance-scale", "stg_scale", float),
                  ("rescale-scale", "rescale_scale", float), ("skip-step", "skip_step", int))
+_GUIDER_HELP = {"cfg_scale": "text CFG scale, 1 = off", "stg_scale": "STG scale, 0 = off",
+                "rescale_scale": "0-1: pull the guided std back towards the conditioned one's",
+                "skip_step": "k: guidance passes only every (k+1)-th step"}
 
 
 def _image_arg(values: list[str]) -> ImageConditioningInput:
@@ -38,54 +43,104 @@ def _image_arg(values: list[str]) -> ImageConditioningInput:
                                          f"STRENGTH a number") from None
 
 
+_DESCRIPTION = textwrap.fill("Text/image-to-video with audio: one of the four LTX pipelines over an MLX checkpoint. "
+                "Argument names follow the reference's ltx_pipelines/utils/args.py where it has them; --model "
+                "replaces its per-component checkpoint paths. Defaults shown as 'None' or 'the checkpoint's' come "
+                "from the checkpoint's model version (or the HQ preset) at run time; the run prints the resolved "
+                "values first.", 79)
+_EPILOG = """examples:
+  python -m mlx_ltx.generate --model ltx-2.3-distilled-mlx --prompt "A red fox runs through snow" \\
+      --output fox.mp4
+  python -m mlx_ltx.generate --model ltx-2.3-dev-mlx --pipeline dev-two-stage \\
+      --prompt "A red fox runs through snow" --height 1024 --width 1536 --num-frames 121 \\
+      --image first.png 0 1.0 --image last.png 120 1.0 --output fox.mp4
+  python -m mlx_ltx.generate --model ltx-2.3-dev-mlx --pipeline dev --prompt "..." \\
+      --video-cfg-guidance-scale 4 --progress json --output clip.mp4 2> events.jsonl
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; appends "(default: ...)" to every optional flag's help that does
+    not state its default itself."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        d = action.default
+        shown = "off" if d is False else "none" if d in (None, []) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mlx_ltx.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True,
-                   help="official .safetensors checkpoint, a convert.py folder, or the HF repo id of one")
-    p.add_argument("--pipeline", default="distilled", choices=sorted(PIPELINES, key=list(PIPELINES).index),
-                   help="distilled: distilled checkpoint, 8+3 steps; dev: one guided stage at full size; "
-                        "dev-two-stage: guided half-size stage + distilled-LoRA refinement; "
-                        "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5 (default: distilled)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None,
-                   help="guided pipelines only (default: the reference's DEFAULT_NEGATIVE_PROMPT)")
-    p.add_argument("--enhance-prompt", action="store_true",
-                   help="let Gemma rewrite the prompt first (needs a Gemma with a chat template)")
-    p.add_argument("--output-path", "--output", dest="output_path", required=True,
-                   help="output .mp4, in an existing folder; an existing file is kept unless --overwrite")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output / --wav file")
-    p.add_argument("--height", type=int, default=None,
-                   help="pixels; default 512 (one stage) / 1024 (two stages; HQ 1088)")
-    p.add_argument("--width", type=int, default=None,
-                   help="pixels; default 768 (one stage) / 1536 (two stages; HQ 1920)")
-    p.add_argument("--num-frames", type=int, default=None, help="8k+1 frames; default 121")
-    p.add_argument("--frame-rate", "--fps", dest="frame_rate", type=float, default=None, help="default 24")
-    p.add_argument("--seed", type=int, default=None, help="any integer, used modulo 2**64; default 10")
-    p.add_argument("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=None,
-                   help="dev pipelines' stage-1 steps; default 30 (2.3), 40 (19B), 15 (HQ)")
-    p.add_argument("--image", dest="images", action="append", nargs="+", metavar="ARG", default=[],
-                   help="PATH FRAME_IDX STRENGTH [CRF]: frame 0 replaces the first latent frame, any other "
-                        "frame is a guiding keyframe (e.g. the last frame); repeatable")
-    p.add_argument("--image-crf-threads", type=int, default=None, metavar="N",
-                   help="libx264 threads of the images' CRF round trip; the pixels depend on it. Default: one per "
-                        "CPU, as the reference on this machine; pass the reference machine's count to match it")
-    p.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
-                   help="Gemma-3 folder or HF repo id (default: the converted folder's text_encoder)")
-    p.add_argument("--upsampler", "--spatial-upsampler-path", dest="upsampler", default=None,
-                   help="spatial x2 upsampler file (default: the converted folder's)")
-    p.add_argument("--distilled-lora", default=None, help="distilled LoRA file (default: the converted folder's)")
-    p.add_argument("--no-audio", action="store_true", help="write the video without an audio stream")
-    p.add_argument("--wav", default=None, help="also write the audio to this .wav")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="weights and latents (default: bfloat16)")
-    p.add_argument("--keep-models", action="store_true",
-                   help="keep every model loaded (default: release each one as soon as it is done)")
+    p = argparse.ArgumentParser(prog="python -m mlx_ltx.generate", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=_HelpFormatter)
+    model = p.add_argument_group("model")
+    model.add_argument("--model", required=True,
+                       help="official .safetensors checkpoint, a convert.py folder, or the HF repo id of one "
+                            "(required)")
+    model.add_argument("--pipeline", default="distilled", choices=sorted(PIPELINES, key=list(PIPELINES).index),
+                       help="distilled: distilled checkpoint, 8+3 steps; dev: one guided stage at full size; "
+                            "dev-two-stage: guided half-size stage + distilled-LoRA refinement; "
+                            "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5")
+    model.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
+                       help="Gemma-3 folder or HF repo id (default: the converted folder's text_encoder)")
+    model.add_argument("--upsampler", "--spatial-upsampler-path", dest="upsampler", default=None,
+                       help="spatial x2 upsampler file (default: the converted folder's)")
+    model.add_argument("--distilled-lora", default=None,
+                       help="distilled LoRA file (default: the converted folder's)")
+    prompt = p.add_argument_group("prompt")
+    prompt.add_argument("--prompt", required=True, help="what the video shows and sounds like (required)")
+    prompt.add_argument("--negative-prompt", default=None,
+                        help="guided pipelines only (default: the reference's DEFAULT_NEGATIVE_PROMPT)")
+    prompt.add_argument("--enhance-prompt", action="store_true",
+                        help="let Gemma rewrite the prompt first (needs a Gemma with a chat template)")
+    size = p.add_argument_group("size")
+    size.add_argument("--height", type=int, default=None,
+                      help="pixels (default: 512 for one stage, 1024 for two stages, 1088 for HQ)")
+    size.add_argument("--width", type=int, default=None,
+                      help="pixels (default: 768 for one stage, 1536 for two stages, 1920 for HQ)")
+    size.add_argument("--num-frames", type=int, default=None, help="8k+1 frames (default: 121)")
+    size.add_argument("--frame-rate", "--fps", dest="frame_rate", type=float, default=None, help="(default: 24)")
+    cond = p.add_argument_group("conditioning")
+    cond.add_argument("--image", dest="images", action="append", nargs="+", metavar="ARG", default=[],
+                      help="PATH FRAME_IDX STRENGTH [CRF]: frame 0 replaces the first latent frame, any other "
+                           "frame is a guiding keyframe (e.g. the last frame); repeatable (default: none)")
+    cond.add_argument("--image-crf-threads", type=int, default=None, metavar="N",
+                      help="libx264 threads of the images' CRF round trip; the pixels depend on it. Pass the "
+                           "reference machine's count to match it (default: one per CPU, as the reference on "
+                           "this machine)")
+    guide = p.add_argument_group("guidance", textwrap.fill(
+        "sampling, and the guided stages' guidance (dev pipelines); every guidance flag left at None keeps the "
+        "checkpoint's default for it (see the resolved settings printed at the start)", 76))
+    guide.add_argument("--seed", type=int, default=None, help="any integer, used modulo 2**64 (default: 10)")
+    guide.add_argument("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=None,
+                       help="dev pipelines' stage-1 steps (default: 30 for 2.3, 40 for 19B, 15 for HQ)")
+    checkpoint_default = "(default: None = the checkpoint's)"
     for stream, modality_flag in (("video", "a2v"), ("audio", "v2a")):
-        for suffix, _, typ in _GUIDER_FLAGS:
-            p.add_argument(f"--{stream}-{suffix}", type=typ, default=None, help=f"{stream} guidance (guided stages)")
-        p.add_argument(f"--{stream}-stg-blocks", type=int, nargs="*", default=None,
-                       help=f"{stream} STG blocks (guided stages)")
-        p.add_argument(f"--{modality_flag}-guidance-scale", type=float, default=None,
-                       help=f"{stream} modality-isolation scale (guided stages)")
+        for suffix, field, typ in _GUIDER_FLAGS:
+            guide.add_argument(f"--{stream}-{suffix}", type=typ, default=None,
+                               help=f"{stream} {_GUIDER_HELP[field]} {checkpoint_default}")
+        guide.add_argument(f"--{stream}-stg-blocks", type=int, nargs="*", default=None,
+                           help=f"{stream} STG blocks {checkpoint_default}")
+        guide.add_argument(f"--{modality_flag}-guidance-scale", type=float, default=None,
+                           help=f"{stream} modality-isolation scale {checkpoint_default}")
+    out = p.add_argument_group("output")
+    out.add_argument("--output-path", "--output", dest="output_path", required=True,
+                     help="output .mp4, in an existing folder; an existing file is kept unless --overwrite (required)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing --output / --wav file")
+    out.add_argument("--no-audio", action="store_true", help="write the video without an audio stream")
+    out.add_argument("--wav", default=None, help="also write the audio to this .wav")
+    shown = out.add_mutually_exclusive_group()
+    shown.add_argument("--progress", choices=("bar", "json"), default="bar",
+                       help="bar: the settings, a line or bar per phase and a summary table on stderr; json: one "
+                            "JSON object per event on stderr, the last one the summary")
+    shown.add_argument("--quiet", "-q", action="store_true",
+                       help="print nothing but errors and the final 'wrote ...' line")
+    mem = p.add_argument_group("memory")
+    mem.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="weights and latents")
+    mem.add_argument("--keep-models", action="store_true",
+                     help="keep every model loaded (default: off, each one is released as soon as it is done)")
     return p
 
 
@@ -97,25 +152,87 @@ def _guider_params(args, stream: str, modality_flag: str, defaults):
     return dataclasses.replace(defaults, **changes) if changes else None
 
 
-class _Progress:
-    """One tqdm bar per stage on stderr."""
+class _Reporter:
+    """The CLI's view of :class:`~mlx_ltx.progress.ProgressEvent`: ``bar`` prints the resolved
+    settings, a status line per phase (a tqdm bar with ETA for the stages and the video decode)
+    and a summary table on stderr; ``json`` one JSON object per event on stderr; ``quiet`` nothing."""
 
-    def __init__(self, stages: int):
-        self.stages, self.bar, self.stage = stages, None, -1
+    _BARRED = ("stage1", "stage2", "video_decode")
 
-    def __call__(self, stage: int, step: int, steps: int) -> None:
-        from tqdm import tqdm
+    def __init__(self, mode: str, output: str | None = None, model: str | None = None):
+        self.mode, self.output, self.model, self.bar, self.pending = mode, output, model, None, False
 
-        if stage != self.stage:
+    def __call__(self, event) -> None:
+        if self.mode == "json":
+            print(json.dumps(event.to_dict()), file=sys.stderr, flush=True)
+        elif self.mode == "bar":
+            getattr(self, f"_{event.kind}")(event)
+
+    def _err(self, text: str = "", end: str = "\n") -> None:
+        print(text, file=sys.stderr, end=end, flush=True)
+
+    def _settings(self, e) -> None:
+        st = e.settings
+        self._err(f"pipeline  {st.pipeline}" + (f"  ({self.model})" if self.model else ""))
+        self._err(f"video     {st.width}x{st.height}, {st.num_frames} frames at {st.fps:g} fps "
+                  f"({st.num_frames / st.fps:.2f} s){', with audio' if st.audio else ', no audio'}")
+        self._err(f"steps     {' + '.join(map(str, st.steps))}    seed {st.seed}")
+        for name, g in (("video", st.video_guidance), ("audio", st.audio_guidance)):
+            if g is not None:
+                self._err(f"guidance  {name}: cfg {g.cfg_scale:g}, stg {g.stg_scale:g} on blocks "
+                          f"{list(g.stg_blocks)}, rescale {g.rescale_scale:g}, modality {g.modality_scale:g}, "
+                          f"skip step {g.skip_step}")
+        if st.video_guidance is None:
+            self._err("guidance  none (distilled)")
+        if self.output:
+            self._err(f"output    {self.output}")
+
+    def _label(self, e) -> str:
+        from .progress import PHASE_LABELS
+
+        return PHASE_LABELS.get(e.phase, e.phase) + (f" (stage {e.stage + 1})" if e.phase == "lora" else "")
+
+    def _start(self, e) -> None:
+        if e.phase in self._BARRED:
+            from tqdm import tqdm
+
+            unit = "frame" if e.phase == "video_decode" else "step"
+            self.bar = tqdm(total=e.total, desc=self._label(e), unit=unit, file=sys.stderr, leave=False)
+        else:
+            self._err(f"{self._label(e):<20} ...", end="")
+            self.pending = True
+
+    def _step(self, e) -> None:
+        if self.bar is not None:
+            self.bar.update(e.step - self.bar.n)
+
+    def _end(self, e) -> None:
+        from .progress import format_bytes
+
+        if self.bar is not None:
             self.close()
-            self.stage = stage
-            self.bar = tqdm(total=steps, desc=f"stage {stage + 1}/{self.stages}", unit="step", file=sys.stderr)
-        self.bar.update(step - self.bar.n)
+            self._err(f"{self._label(e):<20} {e.elapsed:8.2f} s   peak {format_bytes(e.peak_memory)}")
+        else:
+            self.pending = False
+            self._err(f" {e.elapsed:.2f} s   peak {format_bytes(e.peak_memory)}")
+
+    def _summary(self, e) -> None:
+        from .progress import PHASE_LABELS, format_bytes
+
+        self._err(f"{'phase':<20} {'wall time':>10}")
+        for phase, t in e.phase_times.items():
+            self._err(f"{PHASE_LABELS.get(phase, phase):<20} {t:8.2f} s")
+        self._err(f"{'total':<20} {e.elapsed:8.2f} s")
+        self._err(f"{'peak memory':<20} {format_bytes(e.peak_memory):>10}")
 
     def close(self) -> None:
+        """Closes a running bar, ends an open status line (an error follows on its own line)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.pending:
+            self._err()
+            self.pending = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +274,7 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
     audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)
     if not pipeline.spec.guided and (video_params or audio_params or args.negative_prompt is not None):
         parser.error(f"the {args.pipeline} pipeline has no guidance: drop --negative-prompt and the guidance flags")
-    progress = _Progress(len(pipeline.spec.stages))
+    reporter = _Reporter("quiet" if args.quiet else args.progress, args.output_path, args.model)
     try:
         result = pipeline.generate(
             args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
@@ -165,9 +282,9 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
             num_inference_steps=args.num_inference_steps, images=images, output_path=args.output_path,
             audio=not args.no_audio, wav_path=args.wav, enhance_prompt=args.enhance_prompt,
             video_guider_params=video_params, audio_guider_params=audio_params,
-            crf_threads=args.image_crf_threads, overwrite=args.overwrite, progress=progress)
+            crf_threads=args.image_crf_threads, overwrite=args.overwrite, events=reporter)
     finally:
-        progress.close()
+        reporter.close()
     print(f"wrote {result.path} ({result.frames.shape[0]} frames {result.frames.shape[2]}x{result.frames.shape[1]}"
           f" at {result.fps:g} fps{', with audio' if result.audio is not None else ''})")
     return 0

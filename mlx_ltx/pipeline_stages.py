@@ -264,11 +264,13 @@ def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geo
                audio_params: MultiModalGuiderParams, dtype: mx.Dtype = mx.float32,
                sigmas: dict[int, mx.array] | None = None, sde_noise: Callable[[int], NoiseFn | None] | None = None,
                max_batch_size: int | None = 1, trace: StageTrace | None = None,
-               progress: Callable[[int, int, int], None] | None = None) -> tuple[mx.array, mx.array]:
+               progress: Callable[[int, int, int], None] | None = None,
+               on_stage: Callable[[int, int], None] | None = None) -> tuple[mx.array, mx.array]:
     """Run every stage of ``spec``; returns (final video latent, the kept stage's audio latent).
     ``sigmas`` overrides a stage's schedule (by stage index, as the reference's ``stage_*_sigmas``);
     ``sde_noise(stage_index)`` replaces res_2s's SDE draws; ``progress(stage, step, steps)`` is
-    called after every step."""
+    called after every step, ``on_stage(stage, steps)`` once per stage, its model ready, before the
+    first step."""
     previous: StageOutput | None = None
     outputs: list[StageOutput] = []
     for index, stage in enumerate(spec.stages):
@@ -289,6 +291,8 @@ def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geo
 
             def on_step(i, video_state, audio_state, k=index, n=n_steps):
                 progress(k, i + 1, n)
+        if on_stage is not None:
+            on_stage(index, len(stage_sigma) - 1)
         previous = run_stage(model, stage, index, config, geometry, contexts, items, noise, stage_sigma,
                              video_params=video_params, audio_params=audio_params, initial=initial, dtype=dtype,
                              sde_noise=sde_noise(index) if sde_noise else None, max_batch_size=max_batch_size,

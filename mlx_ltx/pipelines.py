@@ -13,9 +13,12 @@ and upsampler stay loaded for the next ``generate`` call (the decoders are built
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -32,10 +35,13 @@ from .pipeline_stages import (
     NoiseProvider,
     PipelineSpec,
     SeededNoise,
+    SigmaSource,
     StageSpec,
     StageTrace,
     run_stages,
 )
+from .progress import GenerationSettings, ProgressEvent, Tracker
+from .sampling import distilled_sigmas, stage2_distilled_sigmas
 from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int
 
 # ltx_pipelines/utils/constants.py :: DEFAULT_NEGATIVE_PROMPT (the guided pipelines' default)
@@ -64,6 +70,12 @@ class GenerationResult:
     path: Path | None
     video_latent: mx.array
     audio_latent: mx.array
+    # the resolved settings, wall seconds per phase (progress.PHASE_LABELS order, repeats summed),
+    # the whole call's seconds and its peak memory (bytes, mx.get_peak_memory() reset at the start)
+    settings: GenerationSettings | None = None
+    phase_times: dict[str, float] = field(default_factory=dict)
+    total_time: float = 0.0
+    peak_memory: int = 0
 
 
 def _release() -> None:
@@ -108,6 +120,11 @@ class Pipeline(RequestValidation):
         self._statistics = None
         self._distilled_lora = None
         self._lora_strength: float | None = None
+        self._tracker: Tracker | None = None  # set while generate() runs
+
+    def _phase(self, name: str, total: int | None = None, stage: int | None = None):
+        tracker = getattr(self, "_tracker", None)
+        return contextlib.nullcontext() if tracker is None else tracker.phase(name, total, stage)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, pipeline: str = "distilled", *, gemma=None, upsampler=None,
@@ -165,11 +182,17 @@ class Pipeline(RequestValidation):
         prompts = [prompt]
         if self.spec.guided:
             prompts.append(DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
-        encoded = self.text_encoder().encode_prompts(prompts, enhance_first_prompt=enhance_prompt,
-                                                     enhance_seed=seed)
-        if self.low_memory:
-            self._text_encoder = None
-            _release()
+        te = self._text_encoder
+        if te is None or (te._gemma is None and (enhance_prompt or any(p not in te._cache for p in prompts))):
+            with self._phase("text_encoder"):  # Gemma loads here rather than lazily in encode_prompts
+                te = self.text_encoder()
+                te.gemma  # noqa: B018
+        with self._phase("prompt"):
+            encoded = te.encode_prompts(prompts, enhance_first_prompt=enhance_prompt, enhance_seed=seed)
+            if self.low_memory:
+                self._text_encoder = None
+                del te
+                _release()
         cast = (lambda x: x.astype(self.dtype))
         pos = encoded[0]
         if len(encoded) == 1:
@@ -183,7 +206,10 @@ class Pipeline(RequestValidation):
         if self._transformer is None:
             from .models.transformer import LTXModel
 
-            self._transformer = LTXModel.from_checkpoint(self.checkpoint, dtype=self.dtype)
+            with self._phase("transformer"):
+                self._transformer = LTXModel.from_checkpoint(self.checkpoint, dtype=self.dtype)
+                if getattr(self, "_tracker", None) is not None:  # the load's real time, not the first step's
+                    mx.eval(self._transformer.parameters())
             self._lora_strength = None
         return self._transformer
 
@@ -194,14 +220,16 @@ class Pipeline(RequestValidation):
         if stage.distilled_lora != self._lora_strength:
             from .models.lora import fuse_loras, load_lora, unfuse_loras
 
-            unfuse_loras(model)
-            if stage.distilled_lora is not None:
-                if self._distilled_lora is None:
-                    self._distilled_lora = load_lora(self.distilled_lora_path)
-                # low memory: the restore re-reads the touched tensors from the checkpoint instead
-                # of keeping their originals (the distilled LoRA touches nearly every Linear)
-                fuse_loras(model, [(self._distilled_lora, stage.distilled_lora)],
-                           restore_from=self.checkpoint if self.low_memory else None)
+            index = self.spec.stages.index(stage) if stage in self.spec.stages else None
+            with self._phase("lora", stage=index):
+                unfuse_loras(model)
+                if stage.distilled_lora is not None:
+                    if self._distilled_lora is None:
+                        self._distilled_lora = load_lora(self.distilled_lora_path)
+                    # low memory: the restore re-reads the touched tensors from the checkpoint instead
+                    # of keeping their originals (the distilled LoRA touches nearly every Linear)
+                    fuse_loras(model, [(self._distilled_lora, stage.distilled_lora)],
+                               restore_from=self.checkpoint if self.low_memory else None)
             self._lora_strength = stage.distilled_lora
         return model
 
@@ -219,14 +247,15 @@ class Pipeline(RequestValidation):
             upsample_video,
         )
 
-        if self._upsampler is None:
-            self._upsampler = LatentUpsampler.from_file(self.upsampler_path, dtype=self.dtype)
-            self._statistics = load_latent_statistics(self.checkpoint, dtype=self.dtype)
-        out = upsample_video(video_latent.astype(self.dtype), self._statistics, self._upsampler)
-        mx.eval(out)
-        if self.low_memory:
-            self._upsampler = self._statistics = None
-            _release()
+        with self._phase("upsample"):
+            if self._upsampler is None:
+                self._upsampler = LatentUpsampler.from_file(self.upsampler_path, dtype=self.dtype)
+                self._statistics = load_latent_statistics(self.checkpoint, dtype=self.dtype)
+            out = upsample_video(video_latent.astype(self.dtype), self._statistics, self._upsampler)
+            mx.eval(out)
+            if self.low_memory:
+                self._upsampler = self._statistics = None
+                _release()
         return out
 
     def release(self) -> None:
@@ -251,15 +280,30 @@ class Pipeline(RequestValidation):
         self.check_request(num_frames, height, width, fps, images, steps)
         geometry = Geometry(num_frames, height, width, float(fps))
         noise = SeededNoise(noise) if isinstance(noise, int) else noise
-        per_stage = self._stage_conditionings(images, geometry, crf_threads)
+        with self._phase("image_encode") if images else contextlib.nullcontext():
+            per_stage = self._stage_conditionings(images, geometry, crf_threads)
         runtime = _Runtime(self, per_stage)
+        tracker = getattr(self, "_tracker", None)
+        on_stage = None
+        if tracker is not None:
+            user_progress = progress
+
+            def on_stage(k: int, n: int) -> None:
+                tracker.begin(f"stage{k + 1}", n, k)
+
+            def progress(k: int, i: int, n: int) -> None:
+                tracker.step(i, n)
+                if user_progress is not None:
+                    user_progress(k, i, n)
         video, audio = run_stages(
             self.spec, runtime, self.config, geometry, contexts, noise,
             steps=steps or self.params.num_inference_steps,
             video_params=video_guider_params or self.params.video_guider_params,
             audio_params=audio_guider_params or self.params.audio_guider_params,
             dtype=self.dtype, sigmas=sigmas, sde_noise=sde_noise, max_batch_size=max_batch_size, trace=trace,
-            progress=progress)
+            progress=progress, on_stage=on_stage)
+        if tracker is not None:
+            tracker.end()
         return video, audio
 
     def _stage_conditionings(self, images: list[ImageConditioningInput], geometry: Geometry,
@@ -297,24 +341,35 @@ class Pipeline(RequestValidation):
 
     def decode_video(self, latent: mx.array, key: mx.array | None = None, noise=None) -> np.ndarray:
         """uint8 frames [F, H, W, 3] (see :meth:`iter_video_frames`)."""
-        return np.concatenate([unit_to_uint8(f) for f in self.iter_video_frames(latent, key, noise)], axis=0)
+        tracker = getattr(self, "_tracker", None)
+        t = self.config.vae.scale_factors[0]
+        total = (latent.shape[2] - 1) * t + 1
+        chunks, done = [], 0
+        with self._phase("video_decode", total):
+            for f in self.iter_video_frames(latent, key, noise):
+                chunks.append(unit_to_uint8(f))
+                done += chunks[-1].shape[0]
+                if tracker is not None:
+                    tracker.step(done, total)
+        return np.concatenate(chunks, axis=0)
 
     def decode_audio(self, latent: mx.array) -> tuple[np.ndarray, int]:
         """float32 waveform [2, S] and its sample rate: audio VAE decoder, then the vocoder."""
         from .models.audio_vae import AudioDecoder
         from .models.vocoder import load_vocoder
 
-        decoder = AudioDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
-        mel = decoder(latent.astype(decoder.dtype))
-        mx.eval(mel)
-        del decoder
-        vocoder = load_vocoder(self.checkpoint, dtype=self.dtype)
-        wave = vocoder(mel).astype(mx.float32)
-        mx.eval(wave)
-        rate = int(vocoder.output_sampling_rate)
-        del vocoder, mel
-        _release()
-        return np.array(wave[0]), rate
+        with self._phase("audio_decode"):
+            decoder = AudioDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+            mel = decoder(latent.astype(decoder.dtype))
+            mx.eval(mel)
+            del decoder
+            vocoder = load_vocoder(self.checkpoint, dtype=self.dtype)
+            wave = vocoder(mel).astype(mx.float32)
+            mx.eval(wave)
+            rate = int(vocoder.output_sampling_rate)
+            del vocoder, mel
+            _release()
+            return np.array(wave[0]), rate
 
     # ----------------------------------------------------------------- everything
     def generate(self, prompt: str, *, negative_prompt: str | None = None, height: int | None = None,
@@ -325,10 +380,15 @@ class Pipeline(RequestValidation):
                  video_guider_params: MultiModalGuiderParams | None = None,
                  audio_guider_params: MultiModalGuiderParams | None = None, progress=None,
                  noise: NoiseProvider | None = None, sde_noise=None, crf_threads: int | None = None,
-                 overwrite: bool = False) -> GenerationResult:
+                 overwrite: bool = False, events: Callable[[ProgressEvent], None] | None = None
+                 ) -> GenerationResult:
         """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
         when given. Sizes default to the reference's (final size for two-stage pipelines).
-        ``progress(stage, step, steps)`` is called after every denoising step.
+        ``progress(stage, step, steps)`` is called after every denoising step; ``events(event)``
+        with a :class:`~mlx_ltx.progress.ProgressEvent` at every phase's start and end, every step
+        and decoded chunk, and once for the resolved settings and the final summary (see
+        ``progress.py``). The result carries the settings, the wall time per phase and the peak
+        memory (``mx.get_peak_memory()``, reset when the generation starts).
 
         Randomness: by default every draw comes from ``seed`` in the reference's order (stage noise,
         video before audio, stage by stage, then the decoder's per-tile noise). ``noise`` replaces
@@ -359,6 +419,44 @@ class Pipeline(RequestValidation):
                       video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
                       crf_threads=crf_threads)
         fps = float(fps)
+        settings = self.resolved_settings(height, width, num_frames, fps, seed, num_inference_steps,
+                                          video_guider_params, audio_guider_params, audio)
+        mx.reset_peak_memory()
+        self._tracker = tracker = Tracker(events)
+        try:
+            tracker.settings(settings)
+            result = self._generate(prompt, negative_prompt, height, width, num_frames, fps, seed,
+                                    num_inference_steps, images, output_path, audio, wav_path, enhance_prompt,
+                                    video_guider_params, audio_guider_params, progress, noise, sde_noise,
+                                    crf_threads)
+            tracker.end()
+            peak = int(mx.get_peak_memory())
+            result = dataclasses.replace(result, settings=settings, phase_times=dict(tracker.phase_times),
+                                         total_time=tracker.total_time, peak_memory=peak)
+            tracker.summary(settings)
+        finally:
+            self._tracker = None
+        return result
+
+    def resolved_settings(self, height: int, width: int, num_frames: int, fps: float, seed: int,
+                          num_inference_steps: int | None = None,
+                          video_guider_params: MultiModalGuiderParams | None = None,
+                          audio_guider_params: MultiModalGuiderParams | None = None,
+                          audio: bool = True) -> GenerationSettings:
+        """The settings a request runs with: steps per stage, and the guidance the guided stages use."""
+        steps = num_inference_steps or self.params.num_inference_steps
+        per_stage = tuple(len(distilled_sigmas()) - 1 if s.sigmas is SigmaSource.DISTILLED
+                          else len(stage2_distilled_sigmas()) - 1 if s.sigmas is SigmaSource.STAGE_2
+                          else steps for s in self.spec.stages)
+        guided = self.spec.guided
+        return GenerationSettings(
+            self.spec.name, height, width, num_frames, float(fps), per_stage, seed,
+            (video_guider_params or self.params.video_guider_params) if guided else None,
+            (audio_guider_params or self.params.audio_guider_params) if guided else None, audio)
+
+    def _generate(self, prompt, negative_prompt, height, width, num_frames, fps, seed, num_inference_steps, images,
+                  output_path, audio, wav_path, enhance_prompt, video_guider_params, audio_guider_params, progress,
+                  noise, sde_noise, crf_threads) -> GenerationResult:
         contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
         noise = SeededNoise(seed) if noise is None else noise
         video_latent, audio_latent = self.denoise(
@@ -376,7 +474,8 @@ class Pipeline(RequestValidation):
             waveform = fit_audio_to_video(waveform, num_frames, fps, rate).astype(np.float32)
         path = None
         if output_path is not None:
-            path = write_video(output_path, frames, fps, waveform, rate, wav_path=wav_path)
+            with self._phase("write"):
+                path = write_video(output_path, frames, fps, waveform, rate, wav_path=wav_path)
         return GenerationResult(frames, waveform, rate, fps, path, video_latent, audio_latent)
 
 
