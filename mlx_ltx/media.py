@@ -15,11 +15,14 @@ target is left exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import secrets
+import signal
 import subprocess
 import tempfile
+import threading
 import wave
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -181,6 +184,29 @@ def _unlink(path: Path | None) -> None:
             pass
 
 
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold a Ctrl-C (SIGINT) back while the block runs, then deliver it to the previous handler
+    (KeyboardInterrupt by default). Around ``subprocess.Popen``: a KeyboardInterrupt raised inside
+    it, once ffmpeg runs but before the handle is returned, left ffmpeg running unseen by the
+    cleanup, and it wrote its temporary file after the cleanup had run (tests/test_interrupt.py).
+    Signal handlers belong to the main thread: elsewhere this holds nothing back."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        if callable(previous):
+            previous(signal.SIGINT, held[0])
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def _write_wav_file(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(2)
@@ -277,9 +303,11 @@ def _encode(target: Path, chunks: Iterator[np.ndarray], first: np.ndarray, width
         if samples is not None:
             _write_wav_file(wav_tmp, samples, rate)
         cmd = _ffmpeg_command(tmp, width, height, fps, wav_tmp, crf, preset)
-        # own session: a terminal Ctrl-C reaches Python only, which stops ffmpeg and cleans up
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
-                                start_new_session=True)
+        # own session: a terminal Ctrl-C reaches Python only, which stops ffmpeg and cleans up;
+        # held while ffmpeg starts, so that ``proc`` is set when the KeyboardInterrupt is raised
+        with _sigint_held():
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                                    start_new_session=True)
         chunk = first
         while chunk is not None:
             if chunk.shape[1:3] != (height, width):
