@@ -2,13 +2,17 @@
 (``pipeline_stages.py``) needs, lazily and once, and runs prompt encoding, the stages, the
 video and audio decoders and the mp4 writer.
 
-Memory (``low_memory=True``): Gemma and the connectors are dropped as soon as the prompts are
-encoded, before the transformer is loaded; the images are encoded for every stage before the
-transformer is loaded and the video encoder is dropped; the upsampler is dropped after use; the
-transformer is dropped before the VAE decodes, and each decoder after its stream; a LoRA fused
-for one stage is undone by re-reading the touched tensors from the checkpoint rather than by
-keeping their originals. With ``low_memory=False`` the text encoder, transformer, video encoder
-and upsampler stay loaded for the next ``generate`` call (the decoders are built per call).
+Memory (``low_memory=True``, or ``None`` when the models do not fit together): Gemma and the
+connectors are dropped as soon as the prompts are encoded, before the transformer is loaded;
+the images are encoded for every stage before the transformer is loaded and the video encoder
+is dropped; the upsampler is dropped after use; the transformer is dropped before the VAE
+decodes, and each decoder after its stream; a LoRA fused for one stage is undone by re-reading
+the touched tensors from the checkpoint rather than by keeping their originals. With
+``low_memory=False`` the text encoder, transformer, video encoder and upsampler stay loaded for
+the next ``generate`` call (the decoders are built per call).
+
+``low_memory=None`` (the default) keeps them only if they fit (``memory_policy.py``;
+``Pipeline.keeps_models``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from .pipeline_stages import (
 )
 from .progress import GenerationSettings, ProgressEvent, Tracker
 from .sampling import distilled_sigmas, stage2_distilled_sigmas
-from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int
+from .memory_policy import estimate_model_bytes
+from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int, device_memory_bytes
 
 # ltx_pipelines/utils/constants.py :: DEFAULT_NEGATIVE_PROMPT (the guided pipelines' default)
 DEFAULT_NEGATIVE_PROMPT = (
@@ -83,6 +88,8 @@ def _release() -> None:
     mx.clear_cache()
 
 
+
+
 def _side_file(checkpoint: Checkpoint, kind: str, name: str) -> str | None:
     """A file listed in a converted folder's config.json (``upsamplers`` / ``loras``)."""
     info = getattr(checkpoint, "info", None) or {}
@@ -98,7 +105,11 @@ class Pipeline(RequestValidation):
     arg_names: dict[str, str] = {}
 
     def __init__(self, spec: PipelineSpec, checkpoint: Checkpoint, gemma: str | None, upsampler: str | None = None,
-                 distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool = True):
+                 distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
+                 memory_budget: int | None = None):
+        """``low_memory``: True releases every model after use, False keeps them for the next
+        call, None (default) keeps them only if they fit (see :attr:`keeps_models`);
+        ``memory_budget``: the bytes that decision compares with (default: the device's memory)."""
         self.spec = spec
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -106,7 +117,15 @@ class Pipeline(RequestValidation):
         self.upsampler_path = upsampler
         self.distilled_lora_path = distilled_lora
         self.dtype = dtype
-        self.low_memory = low_memory
+        if memory_budget is not None and (not _is_int(memory_budget) or memory_budget <= 0):
+            raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
+        self.memory_budget = device_memory_bytes() if memory_budget is None else int(memory_budget)
+        if low_memory is None:
+            need = self.estimated_model_bytes()
+            # unknown (Gemma not local yet): release, the safe side
+            low_memory = need is None or need > self.memory_budget // 2
+        #: the resolved policy: True = models are released after use (every call reloads them)
+        self.low_memory = bool(low_memory)
         self.params = spec.params(detect_params(checkpoint))
         version = checkpoint.metadata.get("model_version")
         if spec.name == "distilled" and parse_model_version(None if version is None else str(version)) >= (2, 5):
@@ -122,16 +141,30 @@ class Pipeline(RequestValidation):
         self._lora_strength: float | None = None
         self._tracker: Tracker | None = None  # set while generate() runs
 
+    @property
+    def keeps_models(self) -> bool:
+        """Whether the text encoder, transformer, video encoder and upsampler stay loaded between
+        ``generate`` calls (``low_memory=False``, or the automatic policy found they fit)."""
+        return not self.low_memory
+
+    def estimated_model_bytes(self) -> int | None:
+        """The bytes of the models a pipeline that keeps them holds (``memory_policy.estimate_model_bytes``);
+        None when Gemma's size is unknown without a download."""
+        return estimate_model_bytes(self.checkpoint, self.gemma, self.dtype, self.upsampler_path,
+                                    self.distilled_lora_path)
+
     def _phase(self, name: str, total: int | None = None, stage: int | None = None):
         tracker = getattr(self, "_tracker", None)
         return contextlib.nullcontext() if tracker is None else tracker.phase(name, total, stage)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, pipeline: str = "distilled", *, gemma=None, upsampler=None,
-                        distilled_lora=None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool = True) -> Pipeline:
+                        distilled_lora=None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
+                        memory_budget: int | None = None) -> Pipeline:
         """``model``: an official .safetensors file, a convert.py folder or its HF repo id. A
         converted folder supplies the Gemma text encoder, the spatial ×2 upsampler and the
-        distilled LoRA when it holds them; otherwise pass their paths (Gemma may be an HF repo id)."""
+        distilled LoRA when it holds them; otherwise pass their paths (Gemma may be an HF repo id).
+        ``low_memory`` / ``memory_budget``: the memory policy (see ``__init__``)."""
         if pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
         spec = PIPELINES[pipeline]
@@ -162,7 +195,7 @@ class Pipeline(RequestValidation):
         if spec.two_stage:
             _check_x2_upsampler(upsampler)
         return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
-                   low_memory)
+                   low_memory, memory_budget)
 
     # ----------------------------------------------------------------- validation
     # (the checks live in validation.RequestValidation)

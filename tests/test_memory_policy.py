@@ -1,0 +1,84 @@
+"""The memory policy (``Pipeline(low_memory=None)``, the default): models are kept between
+``generate`` calls when their estimated bytes fit half the memory budget, released otherwise;
+``memory_budget=`` replaces the device's memory so both sides run on the tiny fixture."""
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+from test_generate import guider_kwargs, setup, tiny_size  # noqa: F401 (setup: the fixture)
+
+from mlx_ltx.models.transformer import LTXModel
+from mlx_ltx.memory_policy import _component_bytes
+from mlx_ltx.pipelines import Pipeline
+from mlx_ltx.validation import device_memory_bytes
+
+HUGE = 2**50  # bytes: every tiny model fits
+
+
+def _pipe(setup, **kw) -> Pipeline:
+    return Pipeline.from_pretrained(setup["model"], "dev", gemma=setup["gemma"], dtype=mx.float32, **kw)
+
+
+def _load_counts(p: Pipeline, calls: int = 2) -> list[dict[str, int]]:
+    """Per generate call: how many times each load phase started."""
+    frames, h, w = tiny_size(False)
+    out = []
+    for _ in range(calls):
+        seen = []
+        p.generate("a fox", height=h, width=w, num_frames=frames, fps=24, seed=3, num_inference_steps=2,
+                   audio=False, events=seen.append, **guider_kwargs(p))
+        out.append({name: sum(e.phase == name and e.kind == "start" for e in seen)
+                    for name in ("text_encoder", "transformer")})
+    return out
+
+
+def test_default_keeps_models_when_they_fit(setup):
+    """Default settings, a budget that holds everything: the second call reloads nothing."""
+    p = _pipe(setup, memory_budget=HUGE)
+    assert p.keeps_models and not p.low_memory
+    assert _load_counts(p) == [{"text_encoder": 1, "transformer": 1}, {"text_encoder": 0, "transformer": 0}]
+
+
+def test_default_releases_models_when_the_budget_is_small(setup):
+    """Default settings, a budget below twice the models: every call reloads Gemma and the
+    transformer (Gemma released before the transformer loads, as with low_memory=True)."""
+    need = _pipe(setup, memory_budget=HUGE).estimated_model_bytes()
+    p = _pipe(setup, memory_budget=2 * need - 1)
+    assert not p.keeps_models and p.low_memory
+    assert _load_counts(p) == [{"text_encoder": 1, "transformer": 1}] * 2
+    assert p._text_encoder is None and p._transformer is None
+
+
+def test_rule_boundary_and_overrides(setup):
+    need = _pipe(setup, memory_budget=HUGE).estimated_model_bytes()
+    assert need > 0
+    assert _pipe(setup, memory_budget=2 * need).keeps_models
+    assert not _pipe(setup, memory_budget=2 * need - 1).keeps_models
+    # explicit choices keep their meaning whatever the budget
+    assert _pipe(setup, low_memory=False, memory_budget=1).keeps_models
+    assert not _pipe(setup, low_memory=True, memory_budget=HUGE).keeps_models
+    # no budget given: the device's memory
+    assert _pipe(setup).memory_budget == device_memory_bytes()
+    for bad in (0, -5, 1.5, "8GB"):
+        with pytest.raises(ValueError, match="memory_budget"):
+            _pipe(setup, memory_budget=bad)
+
+
+def test_estimate_counts_the_transformer_at_the_pipeline_dtype(setup):
+    """The header-based transformer bytes equal the loaded model's, in float32 and bfloat16."""
+    p = _pipe(setup, memory_budget=HUGE)
+    for dtype in (mx.float32, mx.bfloat16):
+        model = LTXModel.from_checkpoint(p.checkpoint, dtype=dtype)
+        assert _component_bytes(p.checkpoint, "transformer", dtype) == \
+            sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    # the two-stage pipeline also keeps the upsampler and the distilled LoRA (with the originals)
+    two = Pipeline.from_pretrained(setup["converted"], "dev-two-stage", dtype=mx.float32, memory_budget=HUGE)
+    assert two.estimated_model_bytes() > p.estimated_model_bytes()
+
+
+def test_unknown_gemma_size_releases(setup):
+    """A Gemma repo id that is not in the local cache: its size is unknown without a download,
+    so the default releases the models."""
+    p = Pipeline.from_pretrained(setup["model"], "dev", gemma="no-such-org/no-such-gemma", dtype=mx.float32,
+                                 memory_budget=HUGE)
+    assert p.estimated_model_bytes() is None and not p.keeps_models
