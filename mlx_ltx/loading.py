@@ -92,13 +92,21 @@ def read_safetensors_header(path: str) -> dict[str, Any]:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > 100 * 2**20:
                 raise CheckpointError(f"{path}: safetensors header of {n} bytes; is this a safetensors file?")
-            return json.loads(f.read(n))
+            header = json.loads(f.read(n))
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a folder; expected a .safetensors file") from None
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+    # a truncated file (an interrupted download or copy) is refused here, before anything loads
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path} is truncated: its header describes {8 + n + end:,} bytes, the file has "
+                              f"{size:,} (an incomplete download or copy?); download or convert it again")
+    return header
 
 
 CONVERTED_CONFIG = "config.json"

@@ -162,12 +162,23 @@ def check_output_path(path, suffix: str = ".mp4", *, overwrite: bool = False, wh
     folder = target.parent
     if not folder.is_dir():
         raise ValueError(f"{what} {os.fspath(path)!r}: folder {os.fspath(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK) or not _can_create_in(folder):
         raise ValueError(f"{what} {os.fspath(path)!r}: folder {os.fspath(folder)!r} is not writable")
     if target.exists() and not overwrite:
         raise ValueError(f"{what} {os.fspath(path)!r} already exists; pass overwrite=True (--overwrite) to replace "
                          f"it")
     return target
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Create and remove a file there: ``os.access`` says yes to root everywhere, even in /proc."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlx_ltx-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def _partial_path(target: Path) -> Path:
@@ -208,7 +219,9 @@ def _sigint_held():
 
 
 def _write_wav_file(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
+    # the file is opened first: wave.open(path) that fails to open it leaves a half-built
+    # Wave_write whose __del__ prints a traceback
+    with open(path, "wb") as f, wave.open(f, "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(sample_rate)

@@ -104,3 +104,13 @@ def test_components_partition_the_checkpoint(fixture_set):
     stats_shared = {k for k, v in owner.items() if "per_channel_statistics" in k}
     assert set(owner) == set(ckpt.shapes)
     assert all(len(v) == 1 for k, v in owner.items() if k not in stats_shared)
+
+
+def test_truncated_file_is_refused_when_opened(fixture_set, tmp_path):
+    """An interrupted download: refused when the header is read, naming the file and both sizes."""
+    data = fixture_set.checkpoint_path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors is truncated: its header describes"):
+        Checkpoint(cut)
+    Checkpoint(fixture_set.checkpoint_path)  # the whole file opens

@@ -2,6 +2,7 @@
 atomicity (failed or interrupted writes leave neither a file nor a temporary behind, and an
 existing target untouched)."""
 
+import os
 import re
 import subprocess
 import wave
@@ -205,3 +206,21 @@ def test_invalid_inputs_raise_before_writing(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         write_video(tmp_path / "clip.mp4", **args)
     assert _leftovers(tmp_path) == []
+
+
+def test_unwritable_folder_is_refused_cleanly(tmp_path, capsys):
+    """/proc accepts os.access(W_OK) for root but no new file: the check creates one to know, and
+    a wav write that cannot open its file raises OSError without a stray Wave_write traceback."""
+    from mlx_ltx.media import _write_wav_file, check_output_path
+
+    if os.path.isdir("/proc"):
+        with pytest.raises(ValueError, match="is not writable"):
+            check_output_path("/proc/x.mp4")
+    check_output_path(tmp_path / "ok.mp4")
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    with pytest.raises(OSError):
+        _write_wav_file(tmp_path / "missing" / "x.wav", np.zeros((2, 8), np.float32), 16000)
+    import gc
+
+    gc.collect()
+    assert "Wave_write" not in capsys.readouterr().err
