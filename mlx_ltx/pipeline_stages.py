@@ -164,12 +164,9 @@ class SeededNoise:
     def __init__(self, seed: int):
         self._key = mx.random.key(seed)
 
-    def next_key(self) -> mx.array:
-        self._key, sub = mx.random.split(self._key)
-        return sub
-
     def __call__(self, shape: tuple[int, ...], dtype: mx.Dtype, label: str) -> mx.array:
-        return mx.random.normal(shape, dtype=dtype, key=self.next_key())
+        self._key, sub = mx.random.split(self._key)
+        return mx.random.normal(shape, dtype=dtype, key=sub)
 
 
 class StageRuntime(Protocol):

@@ -216,7 +216,7 @@ class Pipeline(RequestValidation):
         if self.spec.guided:
             prompts.append(DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
         te = self._text_encoder
-        if te is None or (te._gemma is None and (enhance_prompt or any(p not in te._cache for p in prompts))):
+        if te is None or te.needs_gemma(prompts, enhance_prompt):
             with self._phase("text_encoder"):  # Gemma loads here rather than lazily in encode_prompts
                 te = self.text_encoder()
                 te.gemma  # noqa: B018

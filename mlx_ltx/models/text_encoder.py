@@ -147,6 +147,11 @@ class TextEncoder:
                 self.checkpoint, self.gemma_config.hidden_size, self.gemma_config.num_hidden_layers, self.dtype)
         return self._embeddings_processor
 
+    def needs_gemma(self, prompts: list[str], enhance_first_prompt: bool = False) -> bool:
+        """Whether :meth:`encode_prompts` would have to load Gemma (it is not loaded and a prompt
+        is not cached, or the first prompt is to be rewritten)."""
+        return self._gemma is None and (enhance_first_prompt or any(p not in self._cache for p in prompts))
+
     def release_gemma(self) -> None:
         """Drop every reference this object holds to the Gemma weights and return the freed
         buffers to the system."""
