@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..loading import Checkpoint, CheckpointError, open_checkpoint
+from .block_streaming import is_block_target
 
 # LTXV_LORA_COMFY_RENAMING_MAP: a plain str.replace of the substring (not prefix-only), like every SDOps.
 LORA_KEY_PREFIX = "diffusion_model."
@@ -49,6 +50,7 @@ class LoRAPair:
     b: mx.array
     key_a: str
     key_b: str
+    path: str = ""  # the file, to re-open the factors lazily (streamed blocks)
 
     @property
     def rank(self) -> int:
@@ -112,7 +114,7 @@ def load_lora(path: str | os.PathLike) -> LoRA:
         if target.startswith(CONNECTOR_TARGETS):
             skipped.append(target)
             continue
-        pairs[target] = LoRAPair(arrays[ka], arrays[kb], ka, kb)
+        pairs[target] = LoRAPair(arrays[ka], arrays[kb], ka, kb, src)
     if not pairs:
         raise LoRAError(f"{src}: no LoRA factors for the transformer")
     return LoRA(src, pairs, tuple(skipped), ckpt.metadata)
@@ -181,6 +183,7 @@ class _FusedState:
     # module path -> {param name: original array}, or {param name: its dtype} when restoring from a file
     originals: dict[str, dict[str, Any]]
     restore_from: Checkpoint | None = None
+    streamed: tuple[str, ...] = ()  # block layers a streamed model fuses as it reads them
 
 
 def _restore_keys(checkpoint: Checkpoint, layers: dict[str, nn.Module]) -> None:
@@ -234,30 +237,49 @@ def fuse_loras(model: nn.Module, loras: Sequence[tuple[LoRA, float]], *,
     if not strengths or (min(strengths) == 0 and max(strengths) == 0):
         return []
     layers = _check_targets(model, loras)
+    # a streamed model (memory="stream") fuses its block layers as each block is read
+    streamer = getattr(model, "block_streamer", None)
+    streamed = sorted(t for t in layers if streamer is not None and is_block_target(t))
     if restore_from is not None:
         restore_from = open_checkpoint(restore_from)
-        _restore_keys(restore_from, layers)
+        _restore_keys(restore_from, {t: layer for t, layer in layers.items() if t not in streamed})
     originals: dict[str, dict[str, Any]] = {}
-    for target in sorted(layers):
+    for target in sorted(set(layers) - set(streamed)):
         layer = layers[target]
-        deltas = aggregate_lora_products([(lora.pairs[target], s) for (lora, _), s in zip(loras, strengths)
-                                          if target in lora.pairs])
-        names = _fused_names(layer)
-        originals[target] = {n: layer[n].dtype if restore_from is not None else layer[n] for n in names}
-        if isinstance(layer, nn.QuantizedLinear):
-            weight = mx.dequantize(layer.weight, layer.scales, layer.get("biases"), group_size=layer.group_size,
-                                   bits=layer.bits, mode=layer.mode)
-            fused = mx.quantize(bf16_fuse(weight, deltas), group_size=layer.group_size, bits=layer.bits,
-                                mode=layer.mode)
-            new = dict(zip(names, fused))
-        else:
-            new = {"weight": bf16_fuse(layer.weight, deltas)}
+        products = [(lora.pairs[target], s) for (lora, _), s in zip(loras, strengths) if target in lora.pairs]
+        originals[target] = {n: layer[n].dtype if restore_from is not None else layer[n]
+                             for n in _fused_names(layer)}
+        new = fused_layer_arrays(layer, products)
         mx.eval(new)  # deliberate: materialise this layer so its delta is freed before the next
         for n, v in new.items():
             layer[n] = v
+    if streamed:  # lazily, as each block is read (block_streaming.py)
+        streamer.set_loras(model, [(lora, s) for (lora, _), s in zip(loras, strengths)], streamed)
     model._lora_fusion = _FusedState(tuple((lora.path, s) for (lora, _), s in zip(loras, strengths)), originals,
-                                     restore_from)
+                                     restore_from, tuple(streamed))
     return sorted(layers)
+
+
+def fused_layer_arrays(layer: nn.Module, products: Sequence[tuple[LoRAPair, float]]) -> dict[str, mx.array]:
+    """The fused arrays of one Linear (``weight``; a QuantizedLinear's ``weight``, ``scales`` and
+    ``biases``, dequantized, fused and re-quantized with its own settings), lazily: the eager
+    fusion and the streamed blocks' per-read fusion share this arithmetic."""
+    deltas = aggregate_lora_products(products)
+    if isinstance(layer, nn.QuantizedLinear):
+        weight = mx.dequantize(layer.weight, layer.scales, layer.get("biases"), group_size=layer.group_size,
+                               bits=layer.bits, mode=layer.mode)
+        fused = mx.quantize(bf16_fuse(weight, deltas), group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+        return dict(zip(_fused_names(layer), fused))
+    return {"weight": bf16_fuse(layer.weight, deltas)}
+
+
+def reopened_pair(pair: LoRAPair, opened: dict[str, dict[str, mx.array]]) -> LoRAPair:
+    """``pair`` with freshly opened lazy factors (``opened`` caches one ``mx.load`` per file per
+    call), so a streamed block's read does not keep the LoRA's data resident."""
+    path = pair.path
+    if path not in opened:
+        opened[path] = mx.load(path)
+    return LoRAPair(opened[path][pair.key_a], opened[path][pair.key_b], pair.key_a, pair.key_b, path)
 
 
 def unfuse_loras(model: nn.Module) -> bool:
@@ -278,6 +300,8 @@ def unfuse_loras(model: nn.Module) -> bool:
             mx.eval(restored)
             for n, v in restored.items():
                 modules[target][n] = v
+    if state.streamed:
+        model.block_streamer.set_loras(model, [], [])
     model._lora_fusion = None
     return True
 

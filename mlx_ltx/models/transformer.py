@@ -21,23 +21,32 @@ from dataclasses import replace
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from ..config import ConfigError, TransformerConfig
 from ..loading import Checkpoint, load_component, open_checkpoint
 from .adaln import AdaLayerNormSingle, adaln_embedding_coefficient
+from .block_streaming import BLOCK_PREFIX, BlockStreamer
 from .attention import Attention, FeedForward, PixArtAlphaTextProjection, rms_norm
 from .rope import check_rope_type
 from .transformer_args import (
+    AdaVectors,
+    MAX_DISTINCT_TIMESTEPS,
     BatchedPerturbationConfig,
     Modality,
     Perturbation,
     PerturbationConfig,
     PerturbationType,
+    PerTimestepValues,
     StreamSpec,
     TransformerArgs,
     TransformerArgsPreprocessor,
     with_block_perturbations,
 )
+
+MEMORY_MODES = ("eager", "stream")
+# work per evaluation inside a forward: well under a second on any Apple GPU
+EVAL_FLOPS = 2e12
 
 __all__ = [
     "BasicAVTransformerBlock", "BatchedPerturbationConfig", "LTXModel", "Modality", "Perturbation",
@@ -50,11 +59,16 @@ def ada(x: mx.array, eps: float, scale: mx.array, shift: mx.array) -> mx.array:
     return rms_norm(x, eps) * (1 + scale) + shift
 
 
-def get_ada_values(table: mx.array, timestep: mx.array, start: int, stop: int) -> list[mx.array]:
-    """Rows [start, stop) of ``table`` plus the matching slices of the per-token adaLN vector
-    (B, T, rows·D); one (B, T, D) array per row."""
-    B, T, _ = timestep.shape
+def get_ada_values(table: mx.array, timestep: AdaVectors, start: int, stop: int) -> list[mx.array]:
+    """Rows [start, stop) of ``table`` plus the matching slices of the adaLN vectors: per token
+    (B, T, rows·D) -> one (B, T, D) array per row; per distinct timestep -> the same values,
+    broadcast to the tokens only here, one row at a time."""
     rows = table.shape[0]
+    if isinstance(timestep, PerTimestepValues):
+        k = timestep.values.shape[0]
+        values = table[start:stop].astype(timestep.values.dtype) + timestep.values.reshape(k, rows, -1)[:, start:stop]
+        return [timestep.per_token(values[:, i]) for i in range(stop - start)]
+    B, T, _ = timestep.shape
     values = table[start:stop].astype(timestep.dtype) + timestep.reshape(B, T, rows, -1)[:, :, start:stop]
     return [values[:, :, i] for i in range(stop - start)]
 
@@ -214,6 +228,12 @@ class LTXModel(nn.Module):
         self.av_ca_v2a_gate_adaln_single = AdaLayerNormSingle(adim, 1)
 
         self.transformer_blocks = [BasicAVTransformerBlock(c) for _ in range(c.num_layers)]
+        #: set by ``from_checkpoint(memory="stream")``
+        self.block_streamer: BlockStreamer | None = None
+        #: evaluation cadence in blocks (None: automatic, ``eval_interval``; 0: only at the end)
+        self.eval_every: int | None = None
+        #: adaLN vectors per distinct timestep up to this many values per stream, per token above
+        self.max_distinct_timesteps = MAX_DISTINCT_TIMESTEPS
 
     @classmethod
     def build(cls, checkpoint: Checkpoint) -> LTXModel:
@@ -225,13 +245,46 @@ class LTXModel(nn.Module):
         return cls(checkpoint.config.transformer, caption_channels)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.bfloat16) -> LTXModel:
+    def from_checkpoint(cls, checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.bfloat16,
+                        memory: str = "eager") -> LTXModel:
+        """``memory``: "eager" keeps every weight once read; "stream" reads each block just before
+        it runs and releases it after (``block_streaming.py``), keeping only the non-block weights."""
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory={memory!r}; choose one of {MEMORY_MODES}")
         ckpt = open_checkpoint(checkpoint)
-        return load_component(ckpt, "transformer", cls.build(ckpt), dtype=dtype)
+        # strict checks of every tensor either way; the arrays are lazy until a forward reads them
+        model = load_component(ckpt, "transformer", cls.build(ckpt), dtype=dtype)
+        if memory == "stream":
+            model.block_streamer = BlockStreamer(ckpt, dtype, model.num_blocks)
+        return model
 
     @property
     def num_blocks(self) -> int:
         return len(self.transformer_blocks)
+
+    @property
+    def memory(self) -> str:
+        return "stream" if self.block_streamer is not None else "eager"
+
+    def resident_parameters(self) -> list[mx.array]:
+        """The arrays that stay loaded: all of them eagerly, the non-block ones when streaming
+        (evaluating a streamed block's arrays would read it for nothing)."""
+        if self.block_streamer is None:
+            return [v for _, v in tree_flatten(self.parameters())]
+        return [v for k, v in tree_flatten(self.parameters()) if not k.startswith(BLOCK_PREFIX)]
+
+    def eval_interval(self, video_tokens: int, audio_tokens: int) -> int:
+        """Blocks per evaluation inside a forward (0 = none until the end). ``eval_every`` when set;
+        otherwise as many blocks as make about ``EVAL_FLOPS`` of work, so that no single GPU
+        submission runs long enough for the macOS watchdog. Outputs do not depend on it."""
+        if self.eval_every is not None:
+            return self.eval_every
+        c = self.config
+        # 14·D² linear weights per token and block (self 4, text q/out 2, FF 8), 4·T·D of attention
+        flops = sum(2 * t * 14 * d * d + 4 * t * t * d
+                    for t, d in ((video_tokens, c.inner_dim), (audio_tokens, c.audio_inner_dim)))
+        every = int(EVAL_FLOPS // max(flops, 1))
+        return 0 if every >= self.num_blocks else max(1, every)
 
     def _preprocessors(self) -> tuple[TransformerArgsPreprocessor, TransformerArgsPreprocessor]:
         c = self.config
@@ -255,9 +308,13 @@ class LTXModel(nn.Module):
                            self.av_ca_v2a_gate_adaln_single)
         return TransformerArgsPreprocessor(video, **common), TransformerArgsPreprocessor(audio, **common)
 
-    def _process_output(self, table: mx.array, proj_out: nn.Linear, x: mx.array, embedded_timestep: mx.array):
-        values = table[None, None].astype(x.dtype) + embedded_timestep[:, :, None]
-        shift, scale = values[:, :, 0], values[:, :, 1]
+    def _process_output(self, table: mx.array, proj_out: nn.Linear, x: mx.array, embedded_timestep: AdaVectors):
+        if isinstance(embedded_timestep, PerTimestepValues):
+            values = table[None].astype(x.dtype) + embedded_timestep.values[:, None]  # (K, 2, D)
+            shift, scale = embedded_timestep.per_token(values[:, 0]), embedded_timestep.per_token(values[:, 1])
+        else:
+            values = table[None, None].astype(x.dtype) + embedded_timestep[:, :, None]
+            shift, scale = values[:, :, 0], values[:, :, 1]
         # norm_out: LayerNorm without affine (it subtracts the mean, unlike the block norms)
         x = mx.fast.layer_norm(x, None, None, self.config.norm_eps)
         return proj_out(x * (1 + scale) + shift)
@@ -273,6 +330,7 @@ class LTXModel(nn.Module):
         if video is None and audio is None:
             raise ValueError("LTXModel needs at least one of video or audio")
         video_pre, audio_pre = self._preprocessors()
+        video_pre.max_distinct_timesteps = audio_pre.max_distinct_timesteps = self.max_distinct_timesteps
         video_args = video_pre.prepare(video, audio) if video is not None else None
         audio_args = audio_pre.prepare(audio, video) if audio is not None else None
         if isinstance(perturbations, (list, tuple)):
@@ -282,6 +340,7 @@ class LTXModel(nn.Module):
             if perturbations.batch_size != batch or perturbations.keep.shape[1] != self.num_blocks:
                 raise ValueError(f"perturbations cover {perturbations.batch_size} samples x {perturbations.keep.shape[1]}"
                                  f" blocks; the call has {batch} samples x {self.num_blocks} blocks")
+        every = self.eval_interval(_tokens(video_args), _tokens(audio_args))
         for i, block in enumerate(self.transformer_blocks):
             if video_args is not None:
                 video_args = with_block_perturbations(video_args, perturbations, i,
@@ -294,6 +353,11 @@ class LTXModel(nn.Module):
             vx, ax = block(video_args, audio_args)
             video_args = _with_x(video_args, vx)
             audio_args = _with_x(audio_args, ax)
+            if self.block_streamer is not None:
+                mx.eval([t for t in (vx, ax) if t is not None])  # reads the block, then it can go
+                self.block_streamer.reopen(block, i)
+            elif every and (i + 1) % every == 0 and i + 1 < self.num_blocks:
+                mx.eval([t for t in (vx, ax) if t is not None])
         vout = (self._process_output(self.scale_shift_table, self.proj_out, video_args.x, video_args.embedded_timestep)
                 if video_args is not None else None)
         aout = (self._process_output(self.audio_scale_shift_table, self.audio_proj_out, audio_args.x,
@@ -309,6 +373,10 @@ class LTXModel(nn.Module):
         return den_v, den_a
 
 
+def _tokens(args: TransformerArgs | None) -> int:
+    return 0 if args is None else args.x.shape[0] * args.x.shape[1]
+
+
 def _with_x(args: TransformerArgs | None, x: mx.array | None) -> TransformerArgs | None:
     return None if args is None else replace(args, x=x)
 
@@ -322,5 +390,5 @@ def to_denoised(sample: mx.array, velocity: mx.array, timesteps: mx.array) -> mx
     return (sample.astype(mx.float32) - velocity.astype(mx.float32) * t).astype(sample.dtype)
 
 
-def load_transformer(checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.bfloat16) -> LTXModel:
-    return LTXModel.from_checkpoint(checkpoint, dtype)
+def load_transformer(checkpoint: Checkpoint | str, dtype: mx.Dtype = mx.bfloat16, memory: str = "eager") -> LTXModel:
+    return LTXModel.from_checkpoint(checkpoint, dtype, memory)

@@ -12,6 +12,13 @@ A/V cross-attention modulation, masks. Which σ feeds what (``transformer_args.p
 * the stream's own scalar σ -> prompt adaLN (LTX-2.3);
 * the *other* stream's scalar σ × ``av_ca_timestep_scale_multiplier`` -> the A/V gate.
 
+The adaLN vectors depend on a token only through its timestep, and a stream's tokens carry one
+or two distinct values (σ, and 0 for conditioning tokens; 1−strength for soft conditioning). They
+are computed once per distinct value (``PerTimestepValues``) and broadcast to the tokens as each
+block reads them, instead of 13 persistent per-token copies of the residual stream (9 block rows
+and 4 A/V rows, over a third of a forward's activation peak). Only a stream whose timesteps take
+more than ``MAX_DISTINCT_TIMESTEPS`` values keeps the per-token tables.
+
 Perturbations (STG and modality isolation) are per-sample keep masks indexed
 ``[type, block, sample]``; they are decided on the host when a pass is set up, so the block
 never branches on array values.
@@ -106,17 +113,37 @@ class BatchedPerturbationConfig:
         return BatchedPerturbationConfig([PerturbationConfig.empty()] * batch_size, num_blocks)
 
 
+# above this many distinct timestep values per stream the adaLN tables are kept per token
+MAX_DISTINCT_TIMESTEPS = 16
+
+
+@dataclass(frozen=True)
+class PerTimestepValues:
+    """Per-token adaLN vectors stored once per distinct timestep: ``values`` (K, n) and ``index``
+    (B, T) mapping each token to its row, or None when K == 1 (then rows broadcast as (1, 1, n))."""
+
+    values: mx.array
+    index: mx.array | None
+
+    def per_token(self, v: mx.array) -> mx.array:
+        """(K, ...) -> broadcastable to (B, T, ...): the same elements the per-token table held."""
+        return v[None] if self.index is None else mx.take(v, self.index, axis=0)
+
+
+AdaVectors = mx.array | PerTimestepValues
+
+
 @dataclass(frozen=True)
 class TransformerArgs:
     x: mx.array
     context: mx.array
     context_mask: mx.array | None
-    timesteps: mx.array  # (B, T, coef·D) adaLN vectors
-    embedded_timestep: mx.array  # (B, T, D) pre-linear embedding (output modulation)
+    timesteps: AdaVectors  # adaLN vectors, per token (B, T, coef·D) or per distinct timestep
+    embedded_timestep: AdaVectors  # pre-linear embedding (output modulation), (B, T, D) or per timestep
     positional_embeddings: tuple[mx.array, mx.array]
     cross_positional_embeddings: tuple[mx.array, mx.array] | None
-    cross_scale_shift_timestep: mx.array | None
-    cross_gate_timestep: mx.array | None
+    cross_scale_shift_timestep: AdaVectors | None
+    cross_gate_timestep: mx.array | None  # per sample (B, 1, D)
     enabled: bool
     prompt_timestep: mx.array | None = None
     self_attention_mask: mx.array | None = None  # additive (B, 1, T, T)
@@ -196,6 +223,7 @@ class TransformerArgsPreprocessor:
         self.use_middle_indices_grid = use_middle_indices_grid
         self.audio_cross_attention_dim = audio_cross_attention_dim
         self.cross_pe_max_pos = cross_pe_max_pos
+        self.max_distinct_timesteps = MAX_DISTINCT_TIMESTEPS
 
     def _embed_timestep(self, adaln: AdaLayerNormSingle, timestep: mx.array, batch: int, dtype: mx.Dtype,
                         factor: float | None = None):
@@ -205,6 +233,17 @@ class TransformerArgsPreprocessor:
             scaled = scaled * factor
         vec, emb = adaln(scaled.reshape(-1), dtype)
         return vec.reshape(batch, -1, vec.shape[-1]), emb.reshape(batch, -1, emb.shape[-1])
+
+    def _embed_token_timesteps(self, adaln: AdaLayerNormSingle, timesteps: mx.array, groups, dtype: mx.Dtype):
+        """(vectors, embedding) of per-token timesteps (B, T): per distinct value when ``groups``
+        = (distinct values, index) is given (the embedding and linear are row-wise, so each row equals
+        the per-token one), per token otherwise."""
+        B = timesteps.shape[0]
+        if groups is None:
+            return self._embed_timestep(adaln, timesteps, B, dtype)
+        distinct, index = groups
+        vec, emb = self._embed_timestep(adaln, distinct, 1, dtype)
+        return PerTimestepValues(vec[0], index), PerTimestepValues(emb[0], index)
 
     def _pe(self, positions: mx.array, dim: int, max_pos, use_middle: bool, dtype: mx.Dtype):
         return precompute_freqs_cis(positions, dim, dtype, self.spec.num_attention_heads, theta=self.theta,
@@ -218,7 +257,8 @@ class TransformerArgsPreprocessor:
         B, T = x.shape[:2]
         timesteps = modality.timesteps.reshape(B, T)
         sigma = _batched_sigma(modality.sigma, B)
-        timestep, embedded_timestep = self._embed_timestep(spec.adaln, timesteps, B, dtype)
+        groups = timestep_groups(timesteps, self.max_distinct_timesteps)
+        timestep, embedded_timestep = self._embed_token_timesteps(spec.adaln, timesteps, groups, dtype)
         prompt_timestep = None
         if spec.prompt_adaln is not None:
             prompt_timestep, _ = self._embed_timestep(spec.prompt_adaln, sigma, B, dtype)
@@ -246,12 +286,27 @@ class TransformerArgsPreprocessor:
         # A/V cross-attention: time axis only, at the audio cross-attention width
         cross_pe = self._pe(modality.positions[:, 0:1], self.audio_cross_attention_dim, (self.cross_pe_max_pos,),
                             True, dtype)
-        scale_shift, _ = self._embed_timestep(spec.cross_scale_shift_adaln, timesteps, B, dtype)
+        scale_shift, _ = self._embed_token_timesteps(spec.cross_scale_shift_adaln, timesteps, groups, dtype)
         av_ca_factor = self.av_ca_timestep_scale_multiplier / self.timestep_scale_multiplier
         gate, _ = self._embed_timestep(spec.cross_gate_adaln, _batched_sigma(cross_modality.sigma, B), B, dtype,
                                        factor=av_ca_factor)
         return replace(args, cross_positional_embeddings=cross_pe, cross_scale_shift_timestep=scale_shift,
                        cross_gate_timestep=gate)
+
+
+def timestep_groups(timesteps: mx.array, max_distinct: int) -> tuple[mx.array, mx.array | None] | None:
+    """(distinct values (K,), index (B, T) or None when K == 1) of per-token timesteps, or None
+    when there are more than ``max_distinct`` of them. Read on the host: the (B, T) timesteps are
+    tiny, and K decides the shapes of the whole forward."""
+    try:
+        host = np.array(timesteps.astype(mx.float32))
+    except ValueError:  # traced (mx.compile of a whole forward): values unknown, the per-token path is exact
+        return None
+    distinct, inverse = np.unique(host, return_inverse=True)
+    if distinct.size > max_distinct:
+        return None
+    index = None if distinct.size == 1 else mx.array(inverse.reshape(host.shape).astype(np.int32))
+    return mx.array(distinct), index
 
 
 def _batched_sigma(sigma, batch: int) -> mx.array:
