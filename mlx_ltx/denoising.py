@@ -25,6 +25,7 @@ from .guidance import (
 )
 from .latent_tools import LatentState, timesteps_from_mask
 from .models.transformer_args import (
+    ArrayCache,
     Modality,
     Perturbation,
     PerturbationConfig,
@@ -64,17 +65,23 @@ def modality_from_latent_state(state: LatentState, context: mx.array, sigma: flo
                     context=context, enabled=enabled, attention_mask=state.attention_mask)
 
 
-def _tile(x: mx.array | None, n: int) -> mx.array | None:
-    return None if x is None or n == 1 else mx.concatenate([x] * n, axis=0)
+def _tile(x: mx.array | None, n: int, cache: ArrayCache | None = None) -> mx.array | None:
+    """``x`` repeated n times along the batch; with ``cache``, once per source array (a stage's
+    positions and masks do not change between steps, so the transformer's RoPE cache hits too)."""
+    if x is None or n == 1:
+        return x
+    if cache is None:
+        return mx.concatenate([x] * n, axis=0)
+    return cache.get(("tile", n), (x,), lambda: mx.concatenate([x] * n, axis=0))
 
 
-def _repeat_state(state: LatentState, n: int) -> LatentState:
+def _repeat_state(state: LatentState, n: int, cache: ArrayCache | None = None) -> LatentState:
     """``[s0, s1, …, s0, s1, …]`` along the batch, matching the concatenation of per-pass contexts."""
     if n == 1:
         return state
-    return replace(state, latent=_tile(state.latent, n), denoise_mask=_tile(state.denoise_mask, n),
-                   positions=_tile(state.positions, n), clean_latent=_tile(state.clean_latent, n),
-                   attention_mask=_tile(state.attention_mask, n))
+    return replace(state, latent=_tile(state.latent, n), denoise_mask=_tile(state.denoise_mask, n, cache),
+                   positions=_tile(state.positions, n, cache), clean_latent=_tile(state.clean_latent, n, cache),
+                   attention_mask=_tile(state.attention_mask, n, cache))
 
 
 Pass = tuple[str, mx.array | None, mx.array | None, PerturbationConfig]
@@ -82,11 +89,13 @@ Pass = tuple[str, mx.array | None, mx.array | None, PerturbationConfig]
 
 def run_passes(model, video_state: LatentState | None, audio_state: LatentState | None, sigma: float,
                passes: list[Pass], max_batch_size: int | None = 1, video_enabled: bool = True,
-               audio_enabled: bool = True) -> dict[str, tuple[mx.array | None, mx.array | None]]:
+               audio_enabled: bool = True, cache: ArrayCache | None = None
+               ) -> dict[str, tuple[mx.array | None, mx.array | None]]:
     """X0 outputs of each pass (name, video context, audio context, perturbations), as many whole
     passes per transformer call as fit in ``max_batch_size`` samples (at least one; None = all passes
     in one call): the reference's ``BatchSplitAdapter``, whose pipelines default to 1 sample per call.
-    Each sample carries its own perturbation keep mask, so batched and one-by-one calls agree."""
+    Each sample carries its own perturbation keep mask, so batched and one-by-one calls agree.
+    ``cache``: where the batched calls' tiled positions and masks are kept between steps."""
     batch = (video_state or audio_state).latent.shape[0]
     per_call = len(passes) if max_batch_size is None else max(1, max_batch_size // batch)
     out: dict[str, tuple[mx.array | None, mx.array | None]] = {}
@@ -95,10 +104,10 @@ def run_passes(model, video_state: LatentState | None, audio_state: LatentState 
         n = len(chunk)
         video = audio = None
         if video_state is not None:
-            video = modality_from_latent_state(_repeat_state(video_state, n),
+            video = modality_from_latent_state(_repeat_state(video_state, n, cache),
                                                mx.concatenate([p[1] for p in chunk], axis=0), sigma, video_enabled)
         if audio_state is not None:
-            audio = modality_from_latent_state(_repeat_state(audio_state, n),
+            audio = modality_from_latent_state(_repeat_state(audio_state, n, cache),
                                                mx.concatenate([p[2] for p in chunk], axis=0), sigma, audio_enabled)
         configs = [p[3] for p in chunk for _ in range(batch)]
         perturbations = None if all(not c.perturbations for c in configs) else configs
@@ -142,6 +151,7 @@ class GuidedDenoiser:
         self.audio_guider = audio_guider
         self.force_uncond_pass = force_uncond_pass
         self.max_batch_size = max_batch_size
+        self._tiled = ArrayCache()  # this stage's tiled positions and masks
         self._last_denoised_video: mx.array | None = None
         self._last_denoised_audio: mx.array | None = None
 
@@ -190,7 +200,7 @@ class GuidedDenoiser:
         check_stg_blocks([g.params for g in (vg, ag) if g.do_perturbed_generation()], model.num_blocks)
         passes = self._passes(vg, ag, video_state is not None, audio_state is not None)
         r = run_passes(model, video_state, audio_state, sigma, passes, self.max_batch_size,
-                       video_enabled=not v_skip, audio_enabled=not a_skip)
+                       video_enabled=not v_skip, audio_enabled=not a_skip, cache=self._tiled)
 
         def combine(idx: int, guider: MultiModalGuider, skip: bool, last: mx.array | None):
             cond = r["cond"][idx]
@@ -348,9 +358,17 @@ def res2s_denoising_loop(model, video_state: LatentState | None, audio_state: La
 def denoise_loop(model, video_state: LatentState | None, audio_state: LatentState | None, sigmas,
                  denoiser: Denoiser, stepper: EulerDiffusionStep | Res2sDiffusionStep | None = None,
                  on_step: OnStep | None = None) -> tuple[LatentState | None, LatentState | None]:
-    """The one loop entry of every pipeline stage: the step type picks the loop (Euler by default)."""
+    """The one loop entry of every pipeline stage: the step type picks the loop (Euler by default).
+    The model's cached RoPE tables and masks are this stage's: dropped when it ends."""
     if stepper is None or isinstance(stepper, EulerDiffusionStep):
-        return euler_denoising_loop(model, video_state, audio_state, sigmas, denoiser, stepper, on_step)
-    if isinstance(stepper, Res2sDiffusionStep):
-        return res2s_denoising_loop(model, video_state, audio_state, sigmas, denoiser, stepper, on_step)
-    raise ValueError(f"unsupported stepper {type(stepper).__name__}; use EulerDiffusionStep or Res2sDiffusionStep")
+        loop = euler_denoising_loop
+    elif isinstance(stepper, Res2sDiffusionStep):
+        loop = res2s_denoising_loop
+    else:
+        raise ValueError(f"unsupported stepper {type(stepper).__name__}; use EulerDiffusionStep or Res2sDiffusionStep")
+    try:
+        return loop(model, video_state, audio_state, sigmas, denoiser, stepper, on_step)
+    finally:
+        cache = getattr(model, "args_cache", None)
+        if cache is not None:
+            cache.clear()

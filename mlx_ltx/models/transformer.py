@@ -32,6 +32,7 @@ from .rope import check_rope_type
 from .transformer_args import (
     AdaVectors,
     MAX_DISTINCT_TIMESTEPS,
+    ArrayCache,
     BatchedPerturbationConfig,
     Modality,
     Perturbation,
@@ -234,6 +235,8 @@ class LTXModel(nn.Module):
         self.eval_every: int | None = None
         #: adaLN vectors per distinct timestep up to this many values per stream, per token above
         self.max_distinct_timesteps = MAX_DISTINCT_TIMESTEPS
+        #: RoPE tables and masks of recent calls, keyed by the identity of their positions / masks
+        self.args_cache = ArrayCache()
 
     @classmethod
     def build(cls, checkpoint: Checkpoint) -> LTXModel:
@@ -330,7 +333,8 @@ class LTXModel(nn.Module):
         if video is None and audio is None:
             raise ValueError("LTXModel needs at least one of video or audio")
         video_pre, audio_pre = self._preprocessors()
-        video_pre.max_distinct_timesteps = audio_pre.max_distinct_timesteps = self.max_distinct_timesteps
+        for pre in (video_pre, audio_pre):
+            pre.max_distinct_timesteps, pre.cache = self.max_distinct_timesteps, self.args_cache
         video_args = video_pre.prepare(video, audio) if video is not None else None
         audio_args = audio_pre.prepare(audio, video) if audio is not None else None
         if isinstance(perturbations, (list, tuple)):

@@ -26,6 +26,7 @@ never branches on array values.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
@@ -209,6 +210,32 @@ class StreamSpec:
     cross_gate_adaln: AdaLayerNormSingle | None = None
 
 
+class ArrayCache:
+    """Results keyed by the *identity* of the arrays they were built from, so a stage builds its
+    RoPE tables and masks once, not per step and pass: a stage's positions and masks are the same
+    array objects at every step (only the latents change). The source arrays are held with the
+    entry, so an id cannot be reused while cached; the oldest entries go first."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+
+    def get(self, tag: tuple, sources: tuple[mx.array, ...], build):
+        key = tag + tuple(id(a) for a in sources)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry[1]
+        value = build()
+        self._entries[key] = (sources, value)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 class TransformerArgsPreprocessor:
     """``(MultiModal)TransformerArgsPreprocessor`` for one stream."""
 
@@ -224,6 +251,7 @@ class TransformerArgsPreprocessor:
         self.audio_cross_attention_dim = audio_cross_attention_dim
         self.cross_pe_max_pos = cross_pe_max_pos
         self.max_distinct_timesteps = MAX_DISTINCT_TIMESTEPS
+        self.cache: ArrayCache | None = None  # RoPE tables and masks kept between calls (LTXModel's)
 
     def _embed_timestep(self, adaln: AdaLayerNormSingle, timestep: mx.array, batch: int, dtype: mx.Dtype,
                         factor: float | None = None):
@@ -245,10 +273,24 @@ class TransformerArgsPreprocessor:
         vec, emb = self._embed_timestep(adaln, distinct, 1, dtype)
         return PerTimestepValues(vec[0], index), PerTimestepValues(emb[0], index)
 
-    def _pe(self, positions: mx.array, dim: int, max_pos, use_middle: bool, dtype: mx.Dtype):
+    def _pe(self, positions: mx.array, dim: int, max_pos, use_middle: bool, dtype: mx.Dtype, cross: bool = False):
+        if self.cache is not None:
+            return self.cache.get(("pe", cross, dim, dtype), (positions,),
+                                  lambda: self._pe_uncached(positions, dim, max_pos, use_middle, dtype, cross))
+        return self._pe_uncached(positions, dim, max_pos, use_middle, dtype, cross)
+
+    def _pe_uncached(self, positions: mx.array, dim: int, max_pos, use_middle: bool, dtype: mx.Dtype, cross: bool):
+        if cross:  # A/V cross-attention: time axis only
+            positions = positions[:, 0:1]
         return precompute_freqs_cis(positions, dim, dtype, self.spec.num_attention_heads, theta=self.theta,
                                     max_pos=max_pos, use_middle_indices_grid=use_middle,
                                     double_precision=self.double_precision_rope)
+
+    def _self_attention_mask(self, attention_mask: mx.array | None, dtype: mx.Dtype) -> mx.array | None:
+        if attention_mask is None or self.cache is None:
+            return prepare_self_attention_mask(attention_mask, dtype)
+        return self.cache.get(("mask", dtype), (attention_mask,),
+                              lambda: prepare_self_attention_mask(attention_mask, dtype))
 
     def prepare(self, modality: Modality, cross_modality: Modality | None) -> TransformerArgs:
         spec = self.spec
@@ -279,13 +321,13 @@ class TransformerArgsPreprocessor:
             cross_gate_timestep=None,
             enabled=modality.enabled,
             prompt_timestep=prompt_timestep,
-            self_attention_mask=prepare_self_attention_mask(modality.attention_mask, dtype),
+            self_attention_mask=self._self_attention_mask(modality.attention_mask, dtype),
         )
         if cross_modality is None:
             return args
         # A/V cross-attention: time axis only, at the audio cross-attention width
-        cross_pe = self._pe(modality.positions[:, 0:1], self.audio_cross_attention_dim, (self.cross_pe_max_pos,),
-                            True, dtype)
+        cross_pe = self._pe(modality.positions, self.audio_cross_attention_dim, (self.cross_pe_max_pos,), True, dtype,
+                            cross=True)
         scale_shift, _ = self._embed_token_timesteps(spec.cross_scale_shift_adaln, timesteps, groups, dtype)
         av_ca_factor = self.av_ca_timestep_scale_multiplier / self.timestep_scale_multiplier
         gate, _ = self._embed_timestep(spec.cross_gate_adaln, _batched_sigma(cross_modality.sigma, B), B, dtype,

@@ -1,7 +1,8 @@
-"""Fit features of the transformer that must not change a single number: streamed blocks
-(``memory="stream"``) against eager, with and without fused LoRAs and on a quantized folder; the
-evaluation cadence inside a forward; the adaLN vectors computed once per distinct timestep against
-the per-token tables. Each is compared bit for bit with the eager / per-token / uncadenced model."""
+"""Fit and speed features of the transformer that must not change a single number: streamed
+blocks (``memory="stream"``) against eager, with and without fused LoRAs and on a quantized folder;
+the evaluation cadence inside a forward; the adaLN vectors computed once per distinct timestep
+against the per-token tables. Each is compared bit for bit with the eager / per-token /
+uncadenced model. And the RoPE tables are built once per stage."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -175,3 +176,26 @@ def test_adaln_per_distinct_timestep_is_exact(fixture_set, dtype, timesteps_key)
         per_token = _forward(model, fixture_set, dtype, timesteps_key=timesteps_key, batch=batch)
         model.max_distinct_timesteps = LTXModel(model.config).max_distinct_timesteps
         _same(_forward(model, fixture_set, dtype, timesteps_key=timesteps_key, batch=batch), per_token)
+
+
+@pytest.mark.parametrize("batch", [1, None], ids=["one-pass-per-call", "batched"])
+def test_rope_and_tiling_built_once_per_stage(fixture_set, monkeypatch, batch):
+    """Three guided steps (four passes each): the RoPE tables are computed once per stream and kind,
+    and the cache is emptied when the stage ends."""
+    import mlx_ltx.models.transformer_args as targs
+    from mlx_ltx.denoising import denoise_loop
+
+    dtype = mx.float32
+    v, a = _inputs(fixture_set, dtype)
+    model = load_transformer(fixture_set.checkpoint_path, dtype)
+    calls = []
+    real = targs.precompute_freqs_cis
+    monkeypatch.setattr(targs, "precompute_freqs_cis", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    params = MultiModalGuiderParams(cfg_scale=3.0, stg_scale=1.0, stg_blocks=(0,), modality_scale=3.0)
+    den = GuidedDenoiser(v.context, a.context, MultiModalGuider(params, v.context * 0.5),
+                         MultiModalGuider(params, a.context * 0.5), max_batch_size=batch)
+    states = [LatentState(latent=m.latent, denoise_mask=mx.ones(m.latent.shape[:2] + (1,)), positions=m.positions,
+                          clean_latent=m.latent) for m in (v, a)]
+    denoise_loop(model, states[0], states[1], [1.0, 0.75, 0.5, 0.25], den)
+    assert len(calls) == 4  # video and audio self-attention RoPE, video and audio A/V cross RoPE
+    assert len(model.args_cache._entries) == 0
