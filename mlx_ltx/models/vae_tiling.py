@@ -18,6 +18,7 @@ the reference (``masks_are_complementary``).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,34 +242,83 @@ def tiled_encode_apply(encode_fn: Callable[[tuple], mx.array], video_shape, scal
 # ---------------------------------------------------------------------------------------------
 # memory estimate and automatic tile choice
 
-# Peak-memory model of one tile decode. At every stage (after conv_in, after each upsampler, out of
-# conv_out) an activation holds channels·frames·height·width values; the peak is ACTIVATION_COPIES
-# of the largest one (the res block input kept for the residual, PixelNorm temporaries, SiLU output,
-# temporally and spatially padded conv inputs, conv output, bias and residual sums, depth-to-space
-# copies), plus, on the CPU backend, the conv's unfolded input (explicit im2col: 27 taps of the
-# input channels per output position; Metal's implicit-GEMM conv3d has no such buffer).
-# Calibration (CPU, the five fixture decoders, three tile shapes each, float32 and bfloat16):
-# measured peaks need at most 10.4 copies; 12 leaves a margin. The CPU backend holds bfloat16
-# convolutions in float32 buffers (measured peaks do not halve), so CPU estimates count 4 bytes per
-# value whatever the dtype. On Metal the dtype's own size is used; that side is not measured here.
-ACTIVATION_COPIES = 12
+# Peak-memory model of one tile decode. The decoder evaluates around every convolution
+# (``video_vae_ops.MATERIALIZE_NOTE``), so the peak is that of the costliest single convolution and
+# what is alive beside it, plus one float32 copy of a convolution's weights.
+#
+# CPU backend (measured, MLX 0.32): a conv3d (``explicit_gemm_conv_ND_cpu``) holds its input (our
+# temporally padded concatenation, T+2 frames, activation dtype), a float32 zero-padded copy of it
+# ((T+2)(H+2)(W+2) positions), the float32 unfolded input (CONV_TAPS = 27 taps x input channels x
+# output positions: 108 bytes per input value, the bulk) and its output (float32 for the GEMM, plus
+# the activation-dtype copy when that is not float32). Beside a res block's convolution live
+# RES_LIVE_COPIES activations of the stage (the residual input, the norm output, the previous
+# convolution's output; float32 copies, measured 4.2 at real widths, 5.0 on one-frame tiles); beside
+# an upsampler's, its input, the depth-to-space copy and the residual path's; beside conv_out, two
+# copies of its input and the unpatchified output. Weights
+# stored in another dtype than the activations (the pipelines load bfloat16 weights and compute in
+# float32) are cast to float32 per convolution: the largest conv weight (27 x in x out x 4 bytes)
+# is added always, an over-count of that constant when the weights are float32.
+# Calibration (tests/test_decode_memory.py, CPU): measured peak / estimate 0.75-0.78 on the fixture
+# decoders (conv_out's 48 outputs dominate there) and 0.95-1.0 on the full-width LTX-2.3 decoder
+# (random weights; without the weight term when the weights are float32), float32 and bfloat16.
+# Before the per-convolution evaluation the lazily evaluated graph held ~4 convolutions' buffers:
+# ~530 bytes per value of the widest res stage against ~140 now.
+#
+# Metal: NOT measured here. Its implicit-GEMM conv3d has no unfolded copy; the estimate keeps the
+# former rule of thumb, ACTIVATION_COPIES activations of the widest stage in the dtype's size.
+ACTIVATION_COPIES = 12  # Metal only
 CONV_TAPS = 27
+RES_LIVE_COPIES = 6  # measured 4.2-5.0 (CPU, 5.0 at one-frame tiles); 6 leaves a margin
+
+
+def _cpu_conv_bytes(c_in: int, c_out: int, dims: tuple[int, int, int], size: int) -> int:
+    """One CPU conv3d (3x3x3, stride 1) over ``dims`` output positions: its temporally padded input
+    (activation dtype), MLX's float32 zero-padded copy and unfolded input, and its output."""
+    t, h, w = dims
+    p = t * h * w
+    f32 = CONV_TAPS * c_in * p + c_in * (t + 2) * (h + 2) * (w + 2) + c_out * p
+    return 4 * f32 + size * c_in * (t + 2) * h * w + (size * c_out * p if size != 4 else 0)
 
 
 def estimate_decode_bytes(stages, latent_tile: tuple[int, int, int], dtype: mx.Dtype = mx.bfloat16,
                           cpu: bool | None = None) -> int:
-    """Estimated peak memory (bytes) of decoding one latent tile (f, h, w), weights excluded.
-    ``stages`` is ``VideoDecoder.stage_widths()``; ``cpu`` defaults to the current device."""
+    """Estimated peak memory (bytes) of decoding one latent tile (f, h, w), weights excluded (but
+    one float32 copy of the largest conv weight counted on CPU). ``stages`` is
+    ``VideoDecoder.stage_widths()``; ``cpu`` defaults to the current device."""
     f, h, w = latent_tile
     if cpu is None:
         cpu = mx.default_device() == mx.cpu
-    size = 4 if cpu else mx.zeros((), dtype=dtype).itemsize
+    dims = [((f - 1) * t + 1, h * uh, w * uw) for _, (t, uh, uw), _ in stages]
+    if not cpu:  # Metal: not measured here (see above)
+        size = mx.zeros((), dtype=dtype).itemsize
+        return max(ACTIVATION_COPIES * ch * math.prod(d) * size for (ch, _, _), d in zip(stages, dims))
+    size = mx.zeros((), dtype=dtype).itemsize
     peak = 0
-    for ch, (t, uh, uw), conv_in in stages:
-        positions = ((f - 1) * t + 1) * (h * uh) * (w * uw)
-        unfold = CONV_TAPS * conv_in * positions if cpu else 0
-        peak = max(peak, (ACTIVATION_COPIES * ch * positions + unfold) * size)
-    return peak
+    *res, (c_out, _, c_last) = stages
+    for i, ((ch, _, c_in), d) in enumerate(zip(res, dims)):
+        p = math.prod(d)
+        peak = max(peak, _cpu_conv_bytes(c_in, ch, d, size) + RES_LIVE_COPIES * 4 * ch * p)
+        if i + 1 < len(res):  # the next stage's upsampler: a conv at this stage's positions
+            conv = _upsampler_conv_width(stages, i)
+            peak = max(peak, _cpu_conv_bytes(ch, conv, d, size) + 4 * p * (ch + 2 * conv))
+    p = math.prod(dims[-1])
+    peak = max(peak, _cpu_conv_bytes(c_last, c_out, dims[-1], size) + 4 * p * (2 * c_last + c_out))
+    return peak + conv_weight_bytes(stages)
+
+
+def _upsampler_conv_width(stages, i: int) -> int:
+    """Output width of the conv of the upsampler between stages i and i+1 (next width x stride volume)."""
+    (_, (t0, h0, w0), _), (nxt, (t1, h1, w1), _) = stages[i], stages[i + 1]
+    return nxt * (t1 // t0) * (h1 // h0) * (w1 // w0)
+
+
+def conv_weight_bytes(stages) -> int:
+    """Float32 bytes of the largest res-block or upsampler conv weight (27 x in x out x 4): the
+    per-convolution cast of weights stored in another dtype than the activations (CPU estimate)."""
+    *res, _ = stages
+    sizes = [CONV_TAPS * c_in * ch * 4 for ch, _, c_in in res]
+    sizes += [CONV_TAPS * res[i][0] * _upsampler_conv_width(stages, i) * 4 for i in range(len(res) - 1)]
+    return max(sizes)
 
 
 def default_memory_budget() -> int:

@@ -65,6 +65,9 @@ class VideoDecoder(nn.Module):
         super().__init__()
         check_vae_config(config)
         self.compute_dtype = compute_dtype
+        # evaluate around every convolution (video_vae_ops.MATERIALIZE_NOTE): the same values with
+        # one convolution's buffers alive at a time instead of about four; False = one lazy graph
+        self.materialize = True
         pad = check_padding_mode(config.spatial_padding_mode, "spatial_padding_mode")
         self.patch_size = config.patch_size
         self.causal = bool(config.causal_decoder)
@@ -175,20 +178,21 @@ class VideoDecoder(nn.Module):
             # float32 here although the reference multiplies in the weights' dtype: a bf16 0.05·928
             # becomes 46.5 instead of 46.4, a shift of the whole conditioning for no gain
             scaled_t = mx.broadcast_to(t, (B,)) * self.timestep_scale_multiplier.astype(mx.float32)
+        m = self.materialize
         x = self.per_channel_statistics.un_normalize(x.astype(self.dtype), axis=1)
-        x = self.conv_in(x.transpose(0, 2, 3, 4, 1), causal=self.causal)
+        x = self.conv_in(x.transpose(0, 2, 3, 4, 1), causal=self.causal, materialize=m)
         for block in self.up_blocks:
             if isinstance(block, UNetMidBlock3D):
-                x = block(x, causal=self.causal, timestep=scaled_t)
+                x = block(x, causal=self.causal, timestep=scaled_t, materialize=m)
             else:
-                x = block(x, causal=self.causal)
+                x = block(x, causal=self.causal, materialize=m)
         x = pixel_norm(x)
         if self.timestep_conditioning:
             C = x.shape[-1]
             ada = self.last_scale_shift_table[None] + self.last_time_embedder(scaled_t, x.dtype).reshape(B, 2, C)
             ada = ada.astype(x.dtype)[:, :, None, None, None, :]
             x = x * (1 + ada[:, 1]) + ada[:, 0]
-        x = self.conv_out(silu_rounded_once(x), causal=self.causal)
+        x = self.conv_out(silu_rounded_once(x), causal=self.causal, materialize=m)
         return unpatchify(x, self.patch_size).transpose(0, 4, 1, 2, 3).astype(out_dtype)
 
     def iter_tiled_decode(self, latent: mx.array, tiling: vae_tiling.TilingConfig | str | None = "auto", *,

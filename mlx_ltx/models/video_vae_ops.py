@@ -87,6 +87,24 @@ def check_padding_mode(mode: str, what: str) -> str:
     return mode
 
 
+def _materialized(x: mx.array, materialize: bool) -> mx.array:
+    """``x`` evaluated now when ``materialize`` (see :data:`MATERIALIZE_NOTE`)."""
+    if materialize:
+        mx.eval(x)
+    return x
+
+
+MATERIALIZE_NOTE = """``materialize=True`` evaluates around every convolution (``mx.eval``), same values.
+MLX allocates an operation's buffers when the main thread schedules it, and on the CPU backend that
+thread runs up to ten tasks (about a hundred kernel dispatches) ahead of the worker that computes
+them; a buffer is released only once the worker is past it. A conv3d on CPU unfolds its input
+(27 taps × input channels × output positions, float32 whatever the dtype: 108 bytes per value) and
+a res stage evaluated as one graph had the buffers of about four convolutions allocated at once
+(~530 bytes per value of the stage measured, against ~125 for one convolution). Evaluating each
+convolution's padded input and output on its own keeps one convolution's buffers alive at a time.
+The arithmetic is untouched: every result is bit-identical to the lazily evaluated graph."""
+
+
 class CausalConv3d(nn.Module):
     """Stride-1 3-D convolution whose temporal padding is done by hand: ``causal`` prepends
     kt−1 copies of frame 0 (every encoder conv); otherwise frame 0 and the last frame are each
@@ -103,7 +121,7 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, k,
                               padding=(0, 0, 0) if self._reflect else (0, *self._pad_hw))
 
-    def __call__(self, x: mx.array, causal: bool = True) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool = True, materialize: bool = False) -> mx.array:
         kt = self.time_kernel_size
         if causal and kt > 1:
             x = mx.concatenate([mx.repeat(x[:, :1], kt - 1, axis=1), x], axis=1)
@@ -113,7 +131,9 @@ class CausalConv3d(nn.Module):
         if self._reflect and any(self._pad_hw):
             ph, pw = self._pad_hw
             x = mx.pad(x, [(0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)], mode="reflect")
-        return self.conv(x)
+        if materialize:  # the padded input alone: its producers' temporaries are gone before the conv's
+            mx.eval(x)
+        return _materialized(self.conv(x), materialize)
 
 
 class TimestepEmbedding(nn.Module):
@@ -160,7 +180,8 @@ class ResnetBlock3D(nn.Module):
         if timestep_conditioning:
             self.scale_shift_table = mx.zeros((4, channels))
 
-    def __call__(self, x: mx.array, causal: bool = True, timestep_embed: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool = True, timestep_embed: mx.array | None = None,
+                 materialize: bool = False) -> mx.array:
         h = pixel_norm(x)
         if self.timestep_conditioning:
             B, C = x.shape[0], x.shape[-1]
@@ -169,12 +190,12 @@ class ResnetBlock3D(nn.Module):
             ada = ada[:, :, None, None, None, :]
             shift1, scale1, shift2, scale2 = ada[:, 0], ada[:, 1], ada[:, 2], ada[:, 3]
             h = h * (1 + scale1) + shift1
-        h = self.conv1(silu_rounded_once(h), causal=causal)
+        h = self.conv1(silu_rounded_once(h), causal=causal, materialize=materialize)
         h = pixel_norm(h)
         if self.timestep_conditioning:
             h = h * (1 + scale2) + shift2
-        h = self.conv2(silu_rounded_once(h), causal=causal)
-        return x + h
+        h = self.conv2(silu_rounded_once(h), causal=causal, materialize=materialize)
+        return _materialized(x + h, materialize)
 
 
 class UNetMidBlock3D(nn.Module):
@@ -189,14 +210,15 @@ class UNetMidBlock3D(nn.Module):
         self.res_blocks = [ResnetBlock3D(channels, spatial_padding_mode, timestep_conditioning)
                            for _ in range(num_layers)]
 
-    def __call__(self, x: mx.array, causal: bool = True, timestep: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool = True, timestep: mx.array | None = None,
+                 materialize: bool = False) -> mx.array:
         embed = None
         if self.timestep_conditioning:
             if timestep is None:
                 raise ValueError("this decoder is timestep-conditioned: a timestep is required")
             embed = self.time_embedder(timestep, x.dtype)
         for block in self.res_blocks:
-            x = block(x, causal=causal, timestep_embed=embed)
+            x = block(x, causal=causal, timestep_embed=embed, materialize=materialize)
         return x
 
 
@@ -250,16 +272,16 @@ class DepthToSpaceUpsample(nn.Module):
             self.num_repeat = self.out_channels // (in_channels // prod)
         self.conv = CausalConv3d(in_channels, conv_channels, 3, spatial_padding_mode)
 
-    def __call__(self, x: mx.array, causal: bool = True) -> mx.array:
+    def __call__(self, x: mx.array, causal: bool = True, materialize: bool = False) -> mx.array:
         if self.residual:
             # torch .repeat tiles the whole channel block: channel r·C + c holds c
             x_in = mx.tile(depth_to_space(x, self.stride), (1, 1, 1, 1, self.num_repeat))
             if self.stride[0] == 2:
                 x_in = x_in[:, 1:]
-        y = depth_to_space(self.conv(x, causal=causal), self.stride)
+        y = depth_to_space(self.conv(x, causal=causal, materialize=materialize), self.stride)
         if self.stride[0] == 2:
             y = y[:, 1:]
-        return y + x_in if self.residual else y
+        return _materialized(y + x_in if self.residual else y, materialize)
 
 
 class PerChannelStatistics(nn.Module):
