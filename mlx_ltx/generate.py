@@ -141,6 +141,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     mem.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="weights and latents")
     mem.add_argument("--keep-models", action="store_true",
                      help="keep every model loaded (default: off, each one is released as soon as it is done)")
+    mem.add_argument("--memory", choices=("auto", "eager", "stream"), default="auto",
+                     help="transformer weights: eager (all resident), stream (each block read from the file as it "
+                          "runs: a fraction of the memory, a little slower), auto (eager when the predicted peak "
+                          "fits the device's memory)")
+    mem.add_argument("--no-preflight", action="store_true",
+                     help="run even when the predicted peak memory exceeds the device's memory (default: refuse, "
+                          "with advice)")
     return p
 
 
@@ -172,6 +179,8 @@ class _Reporter:
         print(text, file=sys.stderr, end=end, flush=True)
 
     def _settings(self, e) -> None:
+        from .progress import format_bytes
+
         st = e.settings
         self._err(f"pipeline  {st.pipeline}" + (f"  ({self.model})" if self.model else ""))
         self._err(f"video     {st.width}x{st.height}, {st.num_frames} frames at {st.fps:g} fps "
@@ -184,6 +193,11 @@ class _Reporter:
                           f"skip step {g.skip_step}")
         if st.video_guidance is None:
             self._err("guidance  none (distilled)")
+        if st.memory is not None:
+            predicted = ("" if st.predicted_peak is None else
+                         f", predicted peak {format_bytes(st.predicted_peak)} ({st.predicted_peak_phase})")
+            passes = "" if st.video_guidance is None else f", guidance passes {st.passes_per_call} per call"
+            self._err(f"memory    transformer {st.memory}{passes}{predicted}")
         if self.output:
             self._err(f"output    {self.output}")
 
@@ -219,9 +233,11 @@ class _Reporter:
     def _summary(self, e) -> None:
         from .progress import PHASE_LABELS, format_bytes
 
-        self._err(f"{'phase':<20} {'wall time':>10}")
+        self._err(f"{'phase':<20} {'wall time':>10} {'peak memory':>12}")
         for phase, t in e.phase_times.items():
-            self._err(f"{PHASE_LABELS.get(phase, phase):<20} {t:8.2f} s")
+            peak = (e.phase_peaks or {}).get(phase)
+            self._err(f"{PHASE_LABELS.get(phase, phase):<20} {t:8.2f} s "
+                      f"{format_bytes(peak) if peak is not None else '':>12}")
         self._err(f"{'total':<20} {e.elapsed:8.2f} s")
         self._err(f"{'peak memory':<20} {format_bytes(e.peak_memory):>10}")
 
@@ -268,7 +284,8 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
 
     pipeline = Pipeline.from_pretrained(args.model, args.pipeline, gemma=args.gemma, upsampler=args.upsampler,
                                         distilled_lora=args.distilled_lora, dtype=_DTYPES[args.dtype],
-                                        low_memory=not args.keep_models)
+                                        low_memory=not args.keep_models, memory=args.memory,
+                                        preflight=not args.no_preflight)
     pipeline.arg_names = CLI_NAMES
     video_params = _guider_params(args, "video", "a2v", pipeline.params.video_guider_params)
     audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)

@@ -6,12 +6,16 @@ The rule: the models are kept only if their estimated bytes are at most half the
 (``memory_budget=``, default the device's memory, ``validation.device_memory_bytes``); the other
 half is the working margin for the denoising activations and the tiled VAE decode (which plans
 its tiles for half the device's memory). Otherwise everything is released as with
-``low_memory=True``, Gemma before the transformer loads."""
+``low_memory=True``, Gemma before the transformer loads.
+
+Per request (``plan_memory``), the preflight's prediction (``preflight.py``) picks the
+transformer's memory mode and how many guidance passes share one transformer call."""
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -91,3 +95,51 @@ def estimate_model_bytes(checkpoint: Checkpoint, gemma_path, dtype: mx.Dtype, up
                    if k.endswith(LORA_A_SUFFIX)}
         total += os.path.getsize(lora.path) + _component_bytes(ckpt, "transformer", dt, targets)
     return total
+
+
+# ---------------------------------------------------------------------------------------- per request
+MEMORY_CHOICES = ("auto", "eager", "stream")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one request runs: the transformer's memory mode, the guidance passes batched per
+    transformer call, and the prediction that chose them (None when the preflight is off)."""
+
+    memory: str
+    passes_per_call: int
+    prediction: object | None = None  # preflight.MemoryPrediction
+
+
+def plan_memory(pipeline, height: int, width: int, num_frames: int, fps: float, audio: bool,
+                memory: str = "auto", preflight: bool = True) -> MemoryPlan:
+    """The fastest configuration whose predicted peak fits ``pipeline.memory_budget``: eager before
+    streamed (streaming re-reads every block each forward), and the guidance passes of a guided
+    stage batched into one call before one call each (one big call uses the matrix units better).
+    ``memory`` "eager" / "stream" fixes the mode. Nothing fits: :class:`~mlx_ltx.preflight.PreflightError`
+    with advice; ``preflight=False`` skips the prediction (eager for "auto", passes one by one)."""
+    if memory not in MEMORY_CHOICES:
+        raise ValueError(f"memory={memory!r}; choose one of {MEMORY_CHOICES}")
+    if not preflight:
+        return MemoryPlan("eager" if memory == "auto" else memory, 1)
+    from .preflight import check_fits, predict_peak
+
+    passes = max_guidance_passes(pipeline.spec)
+    modes = ("eager", "stream") if memory == "auto" else (memory,)
+    candidates = [(m, b) for m in modes for b in dict.fromkeys((passes, 1))]
+    common = dict(fps=fps, dtype=pipeline.dtype, audio=audio, keep_models=not pipeline.low_memory,
+                  gemma=pipeline.gemma, upsampler=pipeline.upsampler_path, distilled_lora=pipeline.distilled_lora_path,
+                  decode_budget=pipeline.decode_budget())
+    prediction = None
+    for mode, batch in candidates:
+        prediction = predict_peak(pipeline.checkpoint, pipeline.spec.name, height, width, num_frames, memory=mode,
+                                  passes_per_call=batch, **common)
+        if prediction.peak <= pipeline.memory_budget:
+            return MemoryPlan(mode, batch, prediction)
+    # the leanest candidate does not fit either: check_fits raises, with the advice
+    return MemoryPlan(mode, batch, check_fits(prediction, pipeline.memory_budget))
+
+
+def max_guidance_passes(spec) -> int:
+    """At most 4 transformer passes per guided step (cond, uncond, STG, modality); 1 unguided."""
+    return 4 if spec.guided else 1

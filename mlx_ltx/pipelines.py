@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ import mlx.core as mx
 import numpy as np
 
 from .conditioning import ImageConditioningInput, combined_image_conditionings
-from .guidance import MultiModalGuiderParams, detect_params, parse_model_version
+from .guidance import DEFAULT_NEGATIVE_PROMPT, MultiModalGuiderParams, detect_params, parse_model_version
 from .loading import Checkpoint
-from .media import fit_audio_to_video, unit_to_uint8, video_to_unit, write_video
+from .media import fit_audio_to_video, write_video
 from .pipeline_stages import (
     PIPELINES,
     Contexts,
@@ -44,27 +43,11 @@ from .pipeline_stages import (
     StageTrace,
     run_stages,
 )
+from .pipeline_decode import PipelineDecoding, release_memory as _release
 from .progress import GenerationSettings, ProgressEvent, Tracker
 from .sampling import distilled_sigmas, stage2_distilled_sigmas
-from .memory_policy import estimate_model_bytes
+from .memory_policy import MEMORY_CHOICES, MemoryPlan, estimate_model_bytes, plan_memory
 from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int, device_memory_bytes
-
-# ltx_pipelines/utils/constants.py :: DEFAULT_NEGATIVE_PROMPT (the guided pipelines' default)
-DEFAULT_NEGATIVE_PROMPT = (
-    "has_subtitles, has_blurbox, transition from black, transition to black, speech_ending_short, "
-    "blurry, out of focus, overexposed, underexposed, low contrast, washed out colors, excessive noise, "
-    "grainy texture, poor lighting, flickering, motion blur, distorted proportions, unnatural skin tones, "
-    "deformed facial features, asymmetrical face, missing facial features, extra limbs, disfigured hands, "
-    "wrong hand count, artifacts around text, inconsistent perspective, camera shake, incorrect depth of "
-    "field, background too sharp, background clutter, distracting reflections, harsh shadows, inconsistent "
-    "lighting direction, color banding, cartoonish rendering, 3D CGI look, unrealistic materials, uncanny "
-    "valley effect, incorrect ethnicity, wrong gender, exaggerated expressions, wrong gaze direction, "
-    "mismatched lip sync, silent or muted audio, distorted voice, robotic voice, echo, background noise, "
-    "off-sync audio, incorrect dialogue, added dialogue, repetitive speech, jittery movement, awkward "
-    "pauses, incorrect timing, unnatural transitions, inconsistent framing, tilted camera, flat lighting, "
-    "inconsistent tone, cinematic oversaturation, stylized filters, or AI artifacts."
-)
-
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -75,19 +58,13 @@ class GenerationResult:
     path: Path | None
     video_latent: mx.array
     audio_latent: mx.array
-    # the resolved settings, wall seconds per phase (progress.PHASE_LABELS order, repeats summed),
-    # the whole call's seconds and its peak memory (bytes, mx.get_peak_memory() reset at the start)
+    # the resolved settings, wall seconds and peak bytes per phase (progress.PHASE_LABELS order,
+    # repeats summed / maxed), the whole call's seconds and its peak memory (bytes, as mx.get_peak_memory())
     settings: GenerationSettings | None = None
     phase_times: dict[str, float] = field(default_factory=dict)
+    phase_peaks: dict[str, int] = field(default_factory=dict)
     total_time: float = 0.0
     peak_memory: int = 0
-
-
-def _release() -> None:
-    gc.collect()
-    mx.clear_cache()
-
-
 
 
 def _side_file(checkpoint: Checkpoint, kind: str, name: str) -> str | None:
@@ -97,7 +74,7 @@ def _side_file(checkpoint: Checkpoint, kind: str, name: str) -> str | None:
     return os.path.join(checkpoint.path, rel) if rel else None
 
 
-class Pipeline(RequestValidation):
+class Pipeline(RequestValidation, PipelineDecoding):
     """One of the four pipelines over one checkpoint. Build with :meth:`from_pretrained`."""
 
     # how validation errors name generate()'s arguments: as themselves by default; the CLI sets
@@ -106,10 +83,19 @@ class Pipeline(RequestValidation):
 
     def __init__(self, spec: PipelineSpec, checkpoint: Checkpoint, gemma: str | None, upsampler: str | None = None,
                  distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, memory: str = "auto", preflight: bool = True):
         """``low_memory``: True releases every model after use, False keeps them for the next
         call, None (default) keeps them only if they fit (see :attr:`keeps_models`);
-        ``memory_budget``: the bytes that decision compares with (default: the device's memory)."""
+        ``memory_budget``: the bytes the memory decisions compare with (default: the device's memory);
+        ``memory``: the transformer's weights, "eager" (resident), "stream" (each block read from
+        the file as it runs) or "auto" (eager when the request's predicted peak fits, see
+        ``memory_policy.plan_memory``); ``preflight``: refuse a request whose predicted peak does not
+        fit before anything loads (False: run it anyway, eager for "auto", guidance passes one by one)."""
+        if memory not in MEMORY_CHOICES:
+            raise ValueError(f"memory must be one of {MEMORY_CHOICES}; got {memory!r}")
+        self.memory = memory
+        self.preflight = bool(preflight)
+        self._plan: MemoryPlan | None = None
         self.spec = spec
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -160,11 +146,11 @@ class Pipeline(RequestValidation):
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, pipeline: str = "distilled", *, gemma=None, upsampler=None,
                         distilled_lora=None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
-                        memory_budget: int | None = None) -> Pipeline:
+                        memory_budget: int | None = None, memory: str = "auto", preflight: bool = True) -> Pipeline:
         """``model``: an official .safetensors file, a convert.py folder or its HF repo id. A
         converted folder supplies the Gemma text encoder, the spatial ×2 upsampler and the
         distilled LoRA when it holds them; otherwise pass their paths (Gemma may be an HF repo id).
-        ``low_memory`` / ``memory_budget``: the memory policy (see ``__init__``)."""
+        ``low_memory`` / ``memory_budget`` / ``memory`` / ``preflight``: the memory policy (see ``__init__``)."""
         if pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
         spec = PIPELINES[pipeline]
@@ -195,7 +181,7 @@ class Pipeline(RequestValidation):
         if spec.two_stage:
             _check_x2_upsampler(upsampler)
         return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
-                   low_memory, memory_budget)
+                   low_memory, memory_budget, memory, preflight)
 
     # ----------------------------------------------------------------- validation
     # (the checks live in validation.RequestValidation)
@@ -236,13 +222,19 @@ class Pipeline(RequestValidation):
 
     # ----------------------------------------------------------------- models (lazy, one copy)
     def transformer(self):
+        """The transformer, in the memory mode of the running request's plan (eager without one);
+        a kept model in the other mode is released and loaded again."""
+        mode = self._plan.memory if self._plan is not None else ("eager" if self.memory == "auto" else self.memory)
+        if self._transformer is not None and self._transformer.memory != mode:
+            self._transformer = self._distilled_lora = None
+            _release()
         if self._transformer is None:
             from .models.transformer import LTXModel
 
             with self._phase("transformer"):
-                self._transformer = LTXModel.from_checkpoint(self.checkpoint, dtype=self.dtype)
+                self._transformer = LTXModel.from_checkpoint(self.checkpoint, dtype=self.dtype, memory=mode)
                 if getattr(self, "_tracker", None) is not None:  # the load's real time, not the first step's
-                    mx.eval(self._transformer.parameters())
+                    mx.eval(self._transformer.resident_parameters())
             self._lora_strength = None
         return self._transformer
 
@@ -303,12 +295,16 @@ class Pipeline(RequestValidation):
                 images: list[ImageConditioningInput] = (), steps: int | None = None,
                 video_guider_params: MultiModalGuiderParams | None = None,
                 audio_guider_params: MultiModalGuiderParams | None = None, noise: NoiseProvider | int = 42,
-                sigmas: dict | None = None, sde_noise=None, max_batch_size: int | None = 1,
+                sigmas: dict | None = None, sde_noise=None, max_batch_size: int | None = 0,
                 trace: StageTrace | None = None, progress=None, crf_threads: int | None = None
                 ) -> tuple[mx.array, mx.array]:
         """The stages: (video latent [1,C,F,H,W], audio latent [1,Ca,T,M]). ``noise``: a seed or a
         ``(shape, dtype, label) -> array`` provider (tests inject the reference's draws);
-        ``crf_threads``: the images' H.264 round trip (``conditioning.preprocess``)."""
+        ``crf_threads``: the images' H.264 round trip (``conditioning.preprocess``); ``max_batch_size``:
+        samples per transformer call in guided stages (None: all passes in one call; 0: the memory
+        plan's choice, one pass per call without a plan)."""
+        if max_batch_size == 0:
+            max_batch_size = self._plan.passes_per_call if self._plan is not None else 1
         images = list(images)
         self.check_request(num_frames, height, width, fps, images, steps)
         geometry = Geometry(num_frames, height, width, float(fps))
@@ -356,53 +352,6 @@ class Pipeline(RequestValidation):
             self._video_encoder = None
             _release()
         return out
-
-    # ----------------------------------------------------------------- decoding
-    def iter_video_frames(self, latent: mx.array, key: mx.array | None = None, noise=None):
-        """Float32 frames [f, H, W, 3] in [0, 1], chunk by chunk as the tiled decode (automatic
-        memory budget) finishes them, as the reference's ``decode_video``. ``key`` / ``noise``: the
-        timestep-conditioned decoder's noise (``noise(shape, dtype)`` is called once per tile)."""
-        from .models.video_decoder import VideoDecoder
-
-        decoder = VideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
-        try:
-            for chunk in decoder.iter_tiled_decode(latent, "auto", key=key, noise=noise):
-                yield video_to_unit(chunk)
-        finally:
-            del decoder
-            _release()
-
-    def decode_video(self, latent: mx.array, key: mx.array | None = None, noise=None) -> np.ndarray:
-        """uint8 frames [F, H, W, 3] (see :meth:`iter_video_frames`)."""
-        tracker = getattr(self, "_tracker", None)
-        t = self.config.vae.scale_factors[0]
-        total = (latent.shape[2] - 1) * t + 1
-        chunks, done = [], 0
-        with self._phase("video_decode", total):
-            for f in self.iter_video_frames(latent, key, noise):
-                chunks.append(unit_to_uint8(f))
-                done += chunks[-1].shape[0]
-                if tracker is not None:
-                    tracker.step(done, total)
-        return np.concatenate(chunks, axis=0)
-
-    def decode_audio(self, latent: mx.array) -> tuple[np.ndarray, int]:
-        """float32 waveform [2, S] and its sample rate: audio VAE decoder, then the vocoder."""
-        from .models.audio_vae import AudioDecoder
-        from .models.vocoder import load_vocoder
-
-        with self._phase("audio_decode"):
-            decoder = AudioDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
-            mel = decoder(latent.astype(decoder.dtype))
-            mx.eval(mel)
-            del decoder
-            vocoder = load_vocoder(self.checkpoint, dtype=self.dtype)
-            wave = vocoder(mel).astype(mx.float32)
-            mx.eval(wave)
-            rate = int(vocoder.output_sampling_rate)
-            del vocoder, mel
-            _release()
-            return np.array(wave[0]), rate
 
     # ----------------------------------------------------------------- everything
     def generate(self, prompt: str, *, negative_prompt: str | None = None, height: int | None = None,
@@ -452,10 +401,12 @@ class Pipeline(RequestValidation):
                       video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
                       crf_threads=crf_threads)
         fps = float(fps)
+        plan = plan_memory(self, height, width, num_frames, fps, audio, self.memory, self.preflight)
         settings = self.resolved_settings(height, width, num_frames, fps, seed, num_inference_steps,
-                                          video_guider_params, audio_guider_params, audio)
+                                          video_guider_params, audio_guider_params, audio, plan)
         mx.reset_peak_memory()
         self._tracker = tracker = Tracker(events)
+        self._plan = plan
         try:
             tracker.settings(settings)
             result = self._generate(prompt, negative_prompt, height, width, num_frames, fps, seed,
@@ -463,20 +414,22 @@ class Pipeline(RequestValidation):
                                     video_guider_params, audio_guider_params, progress, noise, sde_noise,
                                     crf_threads)
             tracker.end()
-            peak = int(mx.get_peak_memory())
             result = dataclasses.replace(result, settings=settings, phase_times=dict(tracker.phase_times),
-                                         total_time=tracker.total_time, peak_memory=peak)
+                                         phase_peaks=dict(tracker.phase_peaks), total_time=tracker.total_time,
+                                         peak_memory=tracker.peak_memory)
             tracker.summary(settings)
         finally:
             self._tracker = None
+            self._plan = None
         return result
 
     def resolved_settings(self, height: int, width: int, num_frames: int, fps: float, seed: int,
                           num_inference_steps: int | None = None,
                           video_guider_params: MultiModalGuiderParams | None = None,
                           audio_guider_params: MultiModalGuiderParams | None = None,
-                          audio: bool = True) -> GenerationSettings:
-        """The settings a request runs with: steps per stage, and the guidance the guided stages use."""
+                          audio: bool = True, plan: MemoryPlan | None = None) -> GenerationSettings:
+        """The settings a request runs with: steps per stage, the guidance the guided stages use, and
+        the memory plan (mode, guidance passes per call, predicted peak)."""
         steps = num_inference_steps or self.params.num_inference_steps
         per_stage = tuple(len(distilled_sigmas()) - 1 if s.sigmas is SigmaSource.DISTILLED
                           else len(stage2_distilled_sigmas()) - 1 if s.sigmas is SigmaSource.STAGE_2
@@ -485,7 +438,10 @@ class Pipeline(RequestValidation):
         return GenerationSettings(
             self.spec.name, height, width, num_frames, float(fps), per_stage, seed,
             (video_guider_params or self.params.video_guider_params) if guided else None,
-            (audio_guider_params or self.params.audio_guider_params) if guided else None, audio)
+            (audio_guider_params or self.params.audio_guider_params) if guided else None, audio,
+            plan.memory if plan is not None else None, plan.passes_per_call if plan is not None else None,
+            plan.prediction.peak if plan is not None and plan.prediction is not None else None,
+            plan.prediction.phase if plan is not None and plan.prediction is not None else None)
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, fps, seed, num_inference_steps, images,
                   output_path, audio, wav_path, enhance_prompt, video_guider_params, audio_guider_params, progress,

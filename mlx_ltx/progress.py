@@ -31,8 +31,10 @@ PHASE_LABELS = {
 @dataclass(frozen=True)
 class GenerationSettings:
     """The settings a generation actually used (the defaults resolved): pixel size, frame count,
-    frame rate, denoising steps per stage, seed (after the modulo), and the guider params of the
-    guided stages (None for the distilled pipeline, which has no guidance)."""
+    frame rate, denoising steps per stage, seed (after the modulo), the guider params of the
+    guided stages (None for the distilled pipeline, which has no guidance), and the memory plan:
+    the transformer's memory mode, the guidance passes per transformer call, and the predicted
+    peak bytes with the phase it falls in (None when the preflight was off)."""
 
     pipeline: str
     height: int
@@ -44,6 +46,10 @@ class GenerationSettings:
     video_guidance: object | None = None   # guidance.MultiModalGuiderParams
     audio_guidance: object | None = None
     audio: bool = True
+    memory: str | None = None
+    passes_per_call: int | None = None
+    predicted_peak: int | None = None
+    predicted_peak_phase: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -64,9 +70,10 @@ class ProgressEvent:
     ``step`` / ``total``: steps done and the stage's step count (``video_decode``: frames decoded
     and the frame count), None where meaningless; ``elapsed``: seconds since the phase started
     (``summary``: the whole generation); ``eta``: estimated seconds left in the phase (step events
-    only); ``peak_memory``: ``mx.get_peak_memory()`` in bytes, reset when the generation starts;
+    only); ``peak_memory``: the generation's peak so far in bytes (``mx.get_peak_memory()``);
     ``settings``: the :class:`GenerationSettings` (``settings`` and ``summary`` events);
-    ``phase_times``: seconds per phase, in phase order, repeated phases summed (``summary``)."""
+    ``phase_times`` / ``phase_peaks``: seconds and peak bytes per phase, in phase order, repeated
+    phases summed / maxed (``summary``)."""
 
     phase: str
     kind: str
@@ -78,6 +85,7 @@ class ProgressEvent:
     stage: int | None = None
     settings: GenerationSettings | None = None
     phase_times: dict[str, float] | None = None
+    phase_peaks: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: the None fields left out."""
@@ -85,24 +93,33 @@ class ProgressEvent:
              "elapsed": round(self.elapsed, 4), "eta": None if self.eta is None else round(self.eta, 4),
              "peak_memory": self.peak_memory,
              "settings": None if self.settings is None else self.settings.to_dict(), "phase_times": None
-             if self.phase_times is None else {k: round(v, 4) for k, v in self.phase_times.items()}}
+             if self.phase_times is None else {k: round(v, 4) for k, v in self.phase_times.items()},
+             "phase_peaks": self.phase_peaks}
         return {k: v for k, v in d.items() if v is not None}
 
 
 @dataclass
 class Tracker:
-    """Times phases and sends :class:`ProgressEvent` to ``callback`` (None: times only)."""
+    """Times phases, measures each one's peak memory (MLX's peak counter is reset at every phase
+    start, the running maximum kept here) and sends :class:`ProgressEvent` to ``callback``."""
 
     callback: Callable[[ProgressEvent], None] | None = None
     phase_times: dict[str, float] = field(default_factory=dict)
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    _peak: int = 0  # the maximum before the last reset
     _phase: str | None = None
     _stage: int | None = None
     _start: float = 0.0
     _t0: float = field(default_factory=time.perf_counter)
 
+    @property
+    def peak_memory(self) -> int:
+        """The peak since the tracker started, in bytes."""
+        return max(self._peak, int(mx.get_peak_memory()))
+
     def _emit(self, phase: str, kind: str, elapsed: float, **kw) -> None:
         if self.callback is not None:
-            self.callback(ProgressEvent(phase, kind, elapsed, int(mx.get_peak_memory()), **kw))
+            self.callback(ProgressEvent(phase, kind, elapsed, self.peak_memory, **kw))
 
     def settings(self, settings: GenerationSettings) -> None:
         self._emit("settings", "settings", 0.0, settings=settings)
@@ -110,6 +127,8 @@ class Tracker:
     def begin(self, phase: str, total: int | None = None, stage: int | None = None) -> None:
         """Start ``phase``, ending the running one."""
         self.end()
+        self._peak = self.peak_memory
+        mx.reset_peak_memory()
         self._phase, self._stage, self._start = phase, stage, time.perf_counter()
         self._emit(phase, "start", 0.0, total=total, stage=stage)
 
@@ -125,6 +144,7 @@ class Tracker:
             return
         elapsed = time.perf_counter() - self._start
         self.phase_times[self._phase] = self.phase_times.get(self._phase, 0.0) + elapsed
+        self.phase_peaks[self._phase] = max(self.phase_peaks.get(self._phase, 0), int(mx.get_peak_memory()))
         self._emit(self._phase, "end", elapsed, stage=self._stage)
         self._phase = self._stage = None
 
@@ -146,7 +166,7 @@ class Tracker:
     def summary(self, settings: GenerationSettings | None) -> None:
         self.end()
         self._emit("summary", "summary", time.perf_counter() - self._t0, settings=settings,
-                   phase_times=dict(self.phase_times))
+                   phase_times=dict(self.phase_times), phase_peaks=dict(self.phase_peaks))
 
     @property
     def total_time(self) -> float:

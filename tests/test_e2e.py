@@ -157,3 +157,23 @@ def test_stage_outputs_match_reference(fixture_set, name):
         errors["upscaled"] = rel_err(trace.upscaled, g[p + "upscaled.video.latent"])
     print(f"\n{fixture_set.path.name} {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     assert max(errors.values()) <= TOL_LOOP, errors
+
+
+def test_streamed_pipeline_matches_eager(fixture_set):
+    """dev-two-stage with the transformer streamed block by block (the distilled LoRA fused per
+    block as it is read) gives the eager run's latents and frames bit for bit."""
+    g, meta = e2e(fixture_set)
+    name = "dev-two-stage"
+    results = []
+    for memory in ("eager", "stream"):
+        pipe = make_pipeline(fixture_set, name, meta)
+        pipe.memory = memory
+        draws = ReferenceDraws(g, name)
+        seen = []
+        results.append(pipe.generate(meta["prompt"], noise=draws, sde_noise=draws.sde, events=seen.append,
+                                     **request(fixture_set, name, meta)))
+        assert seen[0].settings.memory == memory
+    eager, stream = results
+    assert np.array_equal(np.array(eager.video_latent), np.array(stream.video_latent))
+    assert np.array_equal(np.array(eager.audio_latent), np.array(stream.audio_latent))
+    assert np.array_equal(eager.frames, stream.frames)

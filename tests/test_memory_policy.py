@@ -6,6 +6,7 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 from test_generate import guider_kwargs, setup, tiny_size  # noqa: F401 (setup: the fixture)
+from test_preflight import ltx22b  # noqa: F401 (the fixture: a 22B-shaped header-only checkpoint)
 
 from mlx_ltx.models.transformer import LTXModel
 from mlx_ltx.memory_policy import _component_bytes
@@ -82,3 +83,82 @@ def test_unknown_gemma_size_releases(setup):
     p = Pipeline.from_pretrained(setup["model"], "dev", gemma="no-such-org/no-such-gemma", dtype=mx.float32,
                                  memory_budget=HUGE)
     assert p.estimated_model_bytes() is None and not p.keeps_models
+
+
+# ---------------------------------------------------------------- per-request plan (preflight)
+# On the 22B-shaped header-only checkpoint of test_preflight: at a real request size the denoising
+# holds the peak, so the memory mode and the guidance batch decide whether it fits.
+PLAN_SIZE = (121, 704, 1280)  # frames, height, width
+
+
+def _pipe22b(ltx22b, **kw) -> Pipeline:
+    from mlx_ltx.pipeline_stages import PIPELINES
+
+    return Pipeline(PIPELINES["dev"], ltx22b, None, dtype=mx.bfloat16, low_memory=True, **kw)
+
+
+def _prediction(p: Pipeline, memory: str, passes: int):
+    from mlx_ltx.preflight import predict_peak
+
+    frames, h, w = PLAN_SIZE
+    return predict_peak(p.checkpoint, p.spec.name, h, w, frames, fps=24, dtype=p.dtype, memory=memory,
+                        passes_per_call=passes, audio=True, keep_models=p.keeps_models, gemma=p.gemma,
+                        decode_budget=p.decode_budget())
+
+
+def _plan(p: Pipeline, **kw):
+    from mlx_ltx.memory_policy import plan_memory
+
+    frames, h, w = PLAN_SIZE
+    return plan_memory(p, h, w, frames, 24.0, True, **kw)
+
+
+def test_plan_prefers_eager_and_batched_guidance_when_they_fit(ltx22b, setup):
+    p = _pipe22b(ltx22b, memory_budget=HUGE)
+    plan = _plan(p)
+    assert (plan.memory, plan.passes_per_call) == ("eager", 4)
+    assert plan.prediction.peak == _prediction(p, "eager", 4).peak
+    distilled = Pipeline.from_pretrained(setup["model"], "distilled", gemma=setup["gemma"], dtype=mx.float32,
+                                         upsampler=setup["upsampler"], memory_budget=HUGE, low_memory=True)
+    assert _plan(distilled).passes_per_call == 1  # nothing to batch without guidance
+
+
+def test_plan_falls_back_to_one_pass_then_streaming_then_refuses(ltx22b):
+    from mlx_ltx.preflight import PreflightError
+
+    p = _pipe22b(ltx22b)
+    assert _prediction(p, "eager", 4).phase.startswith("stage")
+    eager4, eager1 = _prediction(p, "eager", 4).peak, _prediction(p, "eager", 1).peak
+    stream4, stream1 = _prediction(p, "stream", 4).peak, _prediction(p, "stream", 1).peak
+    assert eager1 < eager4 and stream1 < eager1 and stream1 < stream4
+    p.memory_budget = eager4 - 1
+    assert (_plan(p).memory, _plan(p).passes_per_call) == ("eager", 1)
+    p.memory_budget = min(eager1, stream4) - 1
+    assert _plan(p).memory == "stream"
+    p.memory_budget = stream1 - 1
+    with pytest.raises(PreflightError, match="exceeds"):
+        _plan(p)
+    # a fixed mode is kept; the preflight can be turned off
+    p.memory_budget = HUGE
+    assert _plan(p, memory="stream").memory == "stream"
+    p.memory_budget = 1
+    off = _plan(p, preflight=False)
+    assert (off.memory, off.passes_per_call, off.prediction) == ("eager", 1, None)
+    with pytest.raises(ValueError, match="memory"):
+        _plan(p, memory="fast")
+
+
+def test_generate_reports_plan_and_phase_peaks(setup):
+    p = _pipe(setup, memory_budget=HUGE, low_memory=True, memory="stream")
+    frames, h, w = tiny_size(False)
+    seen = []
+    result = p.generate("a fox", height=h, width=w, num_frames=frames, fps=24, seed=3, num_inference_steps=2,
+                        audio=False, events=seen.append, **guider_kwargs(p))
+    st = result.settings
+    assert (st.memory, st.passes_per_call) == ("stream", 4) and st.predicted_peak > 0
+    assert st.predicted_peak_phase in result.phase_peaks or st.predicted_peak_phase.startswith(("stage", "text"))
+    assert set(result.phase_peaks) == set(result.phase_times)
+    assert result.peak_memory == max(result.phase_peaks.values()) > 0
+    assert seen[-1].phase_peaks == result.phase_peaks
+    with pytest.raises(ValueError, match="memory"):
+        _pipe(setup, memory="fast")
