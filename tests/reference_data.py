@@ -99,3 +99,16 @@ def bf16_tol(golden: dict, key: str) -> float:
     """max(TOL_BF16, BF16_REF_FACTOR × the reference's own bf16 error on ``key``): its bf16 run misses by that too."""
     err = golden.get(f"bf16_ref_err.{key}")
     return TOL_BF16 if err is None else max(TOL_BF16, BF16_REF_FACTOR * float(np.asarray(err).reshape(-1)[0]))
+
+
+def q8_folder(fixture_set: "FixtureSet", tmp_path: Path) -> str:
+    """The set's checkpoint converted by convert.py as a dev release with ``--quantize q8`` (group 32)."""
+    from mlx_ltx import convert as conv
+
+    release = tmp_path / "release"
+    release.mkdir()
+    name = "ltx-2.3-22b-dev.safetensors" if fixture_set.checkpoint.metadata.get("model_version") \
+        else "ltx-2-19b-dev.safetensors"
+    (release / name).symlink_to(fixture_set.checkpoint_path.absolute())
+    return conv.convert(str(release), "dev", str(tmp_path / "q8"), quantize="q8", group_size=32,
+                        progress=lambda m: None)

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from reference_data import q8_folder
 
 from mlx_ltx.denoising import GuidedDenoiser
 from mlx_ltx.guidance import MultiModalGuider, MultiModalGuiderParams
@@ -94,15 +95,7 @@ def test_stream_releases_blocks(fixture_set):
 
 def test_stream_quantized_folder_with_lora(fixture_set, tmp_path):
     """A q8 folder (convert.py): streamed and eager agree, also with a LoRA fused into quantized layers."""
-    from mlx_ltx import convert as conv
-
-    release = tmp_path / "release"
-    release.mkdir()
-    name = "ltx-2.3-22b-dev.safetensors" if fixture_set.checkpoint.metadata.get("model_version") \
-        else "ltx-2-19b-dev.safetensors"
-    (release / name).symlink_to(fixture_set.checkpoint_path.absolute())
-    folder = conv.convert(str(release), "dev", str(tmp_path / "q8"), quantize="q8", group_size=32,
-                          progress=lambda m: None)
+    folder = q8_folder(fixture_set, tmp_path)
     eager = load_transformer(folder, mx.bfloat16)
     stream = load_transformer(folder, mx.bfloat16, memory="stream")
     assert any(isinstance(m, nn.QuantizedLinear) for _, m in stream.transformer_blocks[0].named_modules())

@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from reference_data import TOL_BF16, TOL_F32, rel_err
+from reference_data import TOL_BF16, TOL_F32, q8_folder, rel_err
 
 from mlx_ltx.models.lora import LoRAError, active_loras, fuse_loras, load_lora, unfuse_loras
 from mlx_ltx.models.transformer import Modality, load_transformer
@@ -198,15 +198,7 @@ def test_strict_errors(fixture_set, tmp_path):
 def test_quantized_folder_fuse_and_restore_from_file(fixture_set, tmp_path):
     """A q8 model folder (convert.py): the fused quantized layers follow the same bound, and
     restore_from re-reads them from the folder bit-exactly."""
-    from mlx_ltx import convert as conv
-
-    release = tmp_path / "release"
-    release.mkdir()
-    name = "ltx-2.3-22b-dev.safetensors" if fixture_set.checkpoint.metadata.get("model_version") \
-        else "ltx-2-19b-dev.safetensors"
-    (release / name).symlink_to(fixture_set.checkpoint_path.absolute())
-    folder = conv.convert(str(release), "dev", str(tmp_path / "q8"), quantize="q8", group_size=32,
-                          progress=lambda m: None)
+    folder = q8_folder(fixture_set, tmp_path)
     gold = fixture_set.golden("lora")
     lora = load_lora(lora_path(fixture_set))
     model = load_transformer(folder, mx.bfloat16)
