@@ -31,8 +31,8 @@ class PipelineDecoding:
         return max(self.memory_budget - kept, 0) // 2 or 1
 
     def iter_video_frames(self, latent: mx.array, key: mx.array | None = None, noise=None):
-        """Float32 frames [f, H, W, 3] in [0, 1], chunk by chunk as the tiled decode (automatic
-        memory budget) finishes them, as the reference's ``decode_video``. ``key`` / ``noise``: the
+        """Float32 frames [f, H, W, 3] in [0, 1], chunk by chunk as the tiled decode (tiles planned
+        for :meth:`decode_budget`) finishes them, as the reference's ``decode_video``. ``key`` / ``noise``: the
         timestep-conditioned decoder's noise (``noise(shape, dtype)`` is called once per tile)."""
         from .models.video_decoder import VideoDecoder
 

@@ -236,7 +236,8 @@ class LTXModel(nn.Module):
         #: adaLN vectors per distinct timestep up to this many values per stream, per token above
         self.max_distinct_timesteps = MAX_DISTINCT_TIMESTEPS
         #: RoPE tables and masks of recent calls, keyed by the identity of their positions / masks
-        self.args_cache = ArrayCache()
+        #: (denoise_loop clears it when a stage ends; a direct caller may call .clear())
+        self.args_cache = ArrayCache(size=6)  # a stage: 4 RoPE tables and up to 2 masks
 
     @classmethod
     def build(cls, checkpoint: Checkpoint) -> LTXModel:
