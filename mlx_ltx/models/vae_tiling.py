@@ -256,11 +256,11 @@ def tiled_encode_apply(encode_fn: Callable[[tuple], mx.array], video_shape, scal
 # an upsampler's, its input, the depth-to-space copy and the residual path's; beside conv_out, two
 # copies of its input and the unpatchified output. Weights
 # stored in another dtype than the activations (the pipelines load bfloat16 weights and compute in
-# float32) are cast to float32 per convolution: the largest conv weight (27 x in x out x 4 bytes)
-# is added always, an over-count of that constant when the weights are float32.
-# Calibration (tests/test_decode_memory.py, CPU): measured peak / estimate 0.75-0.78 on the fixture
-# decoders (conv_out's 48 outputs dominate there) and 0.95-1.0 on the full-width LTX-2.3 decoder
-# (random weights; without the weight term when the weights are float32), float32 and bfloat16.
+# float32) are cast to float32 per convolution, each while its own convolution runs: the running
+# conv's 27 x in x out x 4 bytes join that conv's buffers (``weight_cast``; the big casts are at the
+# narrow low-resolution stages, the big activations at the wide high-resolution ones).
+# Calibration (tests/test_decode_memory.py, CPU): measured peak / estimate on the fixture decoders
+# and the full-width LTX-2.3 decoder (random weights), float32 and bfloat16: see that test's output.
 # Before the per-convolution evaluation the lazily evaluated graph held ~4 convolutions' buffers:
 # ~530 bytes per value of the widest res stage against ~140 now.
 #
@@ -281,10 +281,10 @@ def _cpu_conv_bytes(c_in: int, c_out: int, dims: tuple[int, int, int], size: int
 
 
 def estimate_decode_bytes(stages, latent_tile: tuple[int, int, int], dtype: mx.Dtype = mx.bfloat16,
-                          cpu: bool | None = None) -> int:
-    """Estimated peak memory (bytes) of decoding one latent tile (f, h, w), weights excluded (but
-    one float32 copy of the largest conv weight counted on CPU). ``stages`` is
-    ``VideoDecoder.stage_widths()``; ``cpu`` defaults to the current device."""
+                          cpu: bool | None = None, weight_cast: bool = True) -> int:
+    """Estimated peak memory (bytes) of decoding one latent tile (f, h, w), weights excluded (but,
+    on CPU with ``weight_cast``, the float32 copy of the running convolution's weight counted).
+    ``stages`` is ``VideoDecoder.stage_widths()``; ``cpu`` defaults to the current device."""
     f, h, w = latent_tile
     if cpu is None:
         cpu = mx.default_device() == mx.cpu
@@ -293,32 +293,27 @@ def estimate_decode_bytes(stages, latent_tile: tuple[int, int, int], dtype: mx.D
         size = mx.zeros((), dtype=dtype).itemsize
         return max(ACTIVATION_COPIES * ch * math.prod(d) * size for (ch, _, _), d in zip(stages, dims))
     size = mx.zeros((), dtype=dtype).itemsize
+
+    def cast(c_in: int, c_out: int) -> int:  # the conv's weight cast to float32, alive while it runs
+        return CONV_TAPS * c_in * c_out * 4 if weight_cast else 0
+
     peak = 0
     *res, (c_out, _, c_last) = stages
     for i, ((ch, _, c_in), d) in enumerate(zip(res, dims)):
         p = math.prod(d)
-        peak = max(peak, _cpu_conv_bytes(c_in, ch, d, size) + RES_LIVE_COPIES * 4 * ch * p)
+        peak = max(peak, _cpu_conv_bytes(c_in, ch, d, size) + RES_LIVE_COPIES * 4 * ch * p + cast(c_in, ch))
         if i + 1 < len(res):  # the next stage's upsampler: a conv at this stage's positions
             conv = _upsampler_conv_width(stages, i)
-            peak = max(peak, _cpu_conv_bytes(ch, conv, d, size) + 4 * p * (ch + 2 * conv))
+            peak = max(peak, _cpu_conv_bytes(ch, conv, d, size) + 4 * p * (ch + 2 * conv) + cast(ch, conv))
     p = math.prod(dims[-1])
-    peak = max(peak, _cpu_conv_bytes(c_last, c_out, dims[-1], size) + 4 * p * (2 * c_last + c_out))
-    return peak + conv_weight_bytes(stages)
+    return max(peak, _cpu_conv_bytes(c_last, c_out, dims[-1], size) + 4 * p * (2 * c_last + c_out)
+               + cast(c_last, c_out))
 
 
 def _upsampler_conv_width(stages, i: int) -> int:
     """Output width of the conv of the upsampler between stages i and i+1 (next width x stride volume)."""
     (_, (t0, h0, w0), _), (nxt, (t1, h1, w1), _) = stages[i], stages[i + 1]
     return nxt * (t1 // t0) * (h1 // h0) * (w1 // w0)
-
-
-def conv_weight_bytes(stages) -> int:
-    """Float32 bytes of the largest res-block or upsampler conv weight (27 x in x out x 4): the
-    per-convolution cast of weights stored in another dtype than the activations (CPU estimate)."""
-    *res, _ = stages
-    sizes = [CONV_TAPS * c_in * ch * 4 for ch, _, c_in in res]
-    sizes += [CONV_TAPS * res[i][0] * _upsampler_conv_width(stages, i) * 4 for i in range(len(res) - 1)]
-    return max(sizes)
 
 
 def default_memory_budget() -> int:
