@@ -955,12 +955,13 @@ def markdown(res: dict) -> str:
         if res.get("adaln"):
             tc = ltx_config(make_metadata(res["meta"]["heads"], res["meta"]["blocks"])).transformer
             vt, at = math.prod(res["meta"]["grid"]), res["meta"]["audio_tokens"]
-            # the per-token tables: 9 block rows + 4 A/V scale-shift rows + the output embedding, per token
-            tables = (9 + 4 + 1) * (vt * tc.inner_dim + at * tc.audio_inner_dim) * 2
+            # the per-token modulation tables: 9 block rows + 4 A/V scale-shift rows per token (13 copies of
+            # the residual stream); the output embedding (one more row) went too and is not counted
+            tables = (9 + 4) * (vt * tc.inner_dim + at * tc.audio_inner_dim) * 2
             L += ["", "adaLN modulation, one stage-2 forward (eager, bf16; I2V: first latent frame conditioned, "
                   "timesteps σ and 0; T2V: σ only; least of 3 runs): activations = step peak − weights; the "
                   "per-token tables are "
-                  f"{gbs(tables)} here ((9 + 4 + 1) rows × tokens × width × 2 bytes)", "",
+                  f"{gbs(tables)} here ((9 + 4) rows × tokens × width × 2 bytes, both streams)", "",
                   "| request | adaLN vectors | step peak | activations | activations ÷ per-token's | drop ÷ tables |",
                   "|---|---|---|---|---|---|"]
             base_act = None
@@ -971,7 +972,7 @@ def markdown(res: dict) -> str:
                     continue
                 act = r["step_peak"] - r["weights"]
                 base_act = act if r["adaln"] == "per_token" else base_act
-                drop = "—" if base_act is None or r["adaln"] == "per_token" else f"{(base_act - act) / tables:.2f}"
+                drop = "—" if base_act is None or r["adaln"] == "per_token" else f"{(base_act - act) / tables:.3f}"
                 rel = "—" if base_act is None else f"{act / base_act:.2f}"
                 name = "per token (before)" if r["adaln"] == "per_token" else "per distinct timestep (after)"
                 L.append(f"| {kind} | {name} | {gbs(r['step_peak'])} | {gbs(act)} | {rel} | {drop} |")
@@ -1057,9 +1058,13 @@ def main() -> None:
     ap.add_argument("--compile-forward", action="store_true",
                     help="also mx.compile the whole forward (its first call traces for minutes on the CPU)")
     ap.add_argument("--tmpdir", default=None, help="where the temporary checkpoints go (default: system temp)")
+    ap.add_argument("--render", metavar="STAMP", help="re-render bench/results/STAMP.json (.md and latest.md)")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--child-params", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.render:
+        write_results(json.loads((RESULTS / f"{args.render}.json").read_text()), args.render)
+        return
     if args.child:
         print(json.dumps(CHILDREN[args.child](json.loads(args.child_params))))
         return
@@ -1119,7 +1124,14 @@ def main() -> None:
         res.pop("_bf16_model", None)
     res["meta"]["wall_s"] = time.perf_counter() - t0
     res["meta"]["load_average_end"] = os.getloadavg()
-    if "fullsize" not in res:  # latest.md keeps the last measured full-size row of every configuration
+    write_results(res, stamp)
+    log(f"done in {res['meta']['wall_s']:.0f} s; wrote bench/results/{stamp}.json, .md and latest.md")
+
+
+def write_results(res: dict, stamp: str) -> None:
+    """``<stamp>.json`` / ``.md`` and latest.md (a run without full-size rows shows the last measured
+    full-size row of every configuration, from the saved runs)."""
+    if "fullsize" not in res:
         carried, seen = [], set()
         for prev in sorted(RESULTS.glob("*.json"), reverse=True):
             try:
@@ -1140,7 +1152,6 @@ def main() -> None:
     (RESULTS / f"{stamp}.md").write_text(md)
     (RESULTS / "latest.md").write_text(md)
     print(md)
-    log(f"done in {res['meta']['wall_s']:.0f} s; wrote bench/results/{stamp}.json, .md and latest.md")
 
 
 if __name__ == "__main__":
