@@ -277,6 +277,8 @@ def reopened_pair(pair: LoRAPair, opened: dict[str, dict[str, mx.array]]) -> LoR
     """``pair`` with freshly opened lazy factors (``opened`` caches one ``mx.load`` per file per
     call), so a streamed block's read does not keep the LoRA's data resident."""
     path = pair.path
+    if not path:  # factors made in memory, not read from a file: used as they are (they stay resident)
+        return pair
     if path not in opened:
         opened[path] = mx.load(path)
     return LoRAPair(opened[path][pair.key_a], opened[path][pair.key_b], pair.key_a, pair.key_b, path)
