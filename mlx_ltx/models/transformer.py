@@ -277,16 +277,16 @@ class LTXModel(nn.Module):
             return [v for _, v in tree_flatten(self.parameters())]
         return [v for k, v in tree_flatten(self.parameters()) if not k.startswith(BLOCK_PREFIX)]
 
-    def eval_interval(self, video_tokens: int, audio_tokens: int) -> int:
+    def eval_interval(self, video_tokens: int, audio_tokens: int, batch: int = 1) -> int:
         """Blocks per evaluation inside a forward (0 = none until the end). ``eval_every`` when set;
         otherwise as many blocks as make about ``EVAL_FLOPS`` of work, so that no single GPU
         submission runs long enough for the macOS watchdog. Outputs do not depend on it."""
         if self.eval_every is not None:
             return self.eval_every
         c = self.config
-        # 14·D² linear weights per token and block (self 4, text q/out 2, FF 8), 4·T·D of attention
-        flops = sum(2 * t * 14 * d * d + 4 * t * t * d
-                    for t, d in ((video_tokens, c.inner_dim), (audio_tokens, c.audio_inner_dim)))
+        # per sample: 14·D² linear weights per token and block (self 4, text q/out 2, FF 8), 4·T²·D of attention
+        flops = batch * sum(2 * t * 14 * d * d + 4 * t * t * d
+                            for t, d in ((video_tokens, c.inner_dim), (audio_tokens, c.audio_inner_dim)))
         every = int(EVAL_FLOPS // max(flops, 1))
         return 0 if every >= self.num_blocks else max(1, every)
 
@@ -345,7 +345,8 @@ class LTXModel(nn.Module):
             if perturbations.batch_size != batch or perturbations.keep.shape[1] != self.num_blocks:
                 raise ValueError(f"perturbations cover {perturbations.batch_size} samples x {perturbations.keep.shape[1]}"
                                  f" blocks; the call has {batch} samples x {self.num_blocks} blocks")
-        every = self.eval_interval(_tokens(video_args), _tokens(audio_args))
+        batch = (video_args or audio_args).x.shape[0]
+        every = self.eval_interval(_tokens(video_args), _tokens(audio_args), batch)
         for i, block in enumerate(self.transformer_blocks):
             if video_args is not None:
                 video_args = with_block_perturbations(video_args, perturbations, i,
@@ -379,7 +380,7 @@ class LTXModel(nn.Module):
 
 
 def _tokens(args: TransformerArgs | None) -> int:
-    return 0 if args is None else args.x.shape[0] * args.x.shape[1]
+    return 0 if args is None else args.x.shape[1]
 
 
 def _with_x(args: TransformerArgs | None, x: mx.array | None) -> TransformerArgs | None:
