@@ -83,7 +83,7 @@ def test_estimate_bounds_full_width_decoder(fixture_set):
         dec.set_dtype(weights)
         mx.eval(dec.parameters(), latent)
         stages = dec.stage_widths()
-        peak = _peak(lambda: dec(latent))
+        peak = _peak(lambda d=dec: d(latent))
         est = vt.estimate_decode_bytes(stages, tile, mx.float32, cpu=True, weight_cast=weights != mx.float32)
         print(f"full width {weights}: peak {peak / 1e6:.2f} MB, estimate {est / 1e6:.2f} MB")
         assert 0.6 * est <= peak <= est
