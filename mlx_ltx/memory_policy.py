@@ -123,7 +123,7 @@ def plan_memory(pipeline, height: int, width: int, num_frames: int, fps: float, 
     if memory not in MEMORY_CHOICES:
         raise ValueError(f"memory={memory!r}; choose one of {MEMORY_CHOICES}")
     if not preflight:
-        return MemoryPlan("eager" if memory == "auto" else memory, 1)
+        return unplanned(memory)
     from .preflight import check_fits, predict_peak
 
     passes = max_guidance_passes(pipeline.spec)
@@ -140,6 +140,11 @@ def plan_memory(pipeline, height: int, width: int, num_frames: int, fps: float, 
             return MemoryPlan(mode, batch, prediction)
     # the leanest candidate does not fit either: check_fits raises, with the advice
     return MemoryPlan(mode, batch, check_fits(prediction, pipeline.memory_budget))
+
+
+def unplanned(memory: str) -> MemoryPlan:
+    """The plan without a prediction: eager for "auto", guidance passes one by one."""
+    return MemoryPlan("eager" if memory == "auto" else memory, 1)
 
 
 def max_guidance_passes(spec) -> int:

@@ -46,7 +46,7 @@ from .pipeline_stages import (
 from .pipeline_decode import PipelineDecoding, release_memory as _release
 from .progress import GenerationSettings, ProgressEvent, Tracker
 from .sampling import distilled_sigmas, stage2_distilled_sigmas
-from .memory_policy import MEMORY_CHOICES, MemoryPlan, estimate_model_bytes, plan_memory
+from .memory_policy import MEMORY_CHOICES, MemoryPlan, estimate_model_bytes, plan_memory, unplanned
 from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int, device_memory_bytes
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
     def transformer(self):
         """The transformer, in the memory mode of the running request's plan (eager without one);
         a kept model in the other mode is released and loaded again."""
-        mode = self._plan.memory if self._plan is not None else ("eager" if self.memory == "auto" else self.memory)
+        mode = (self._plan or unplanned(self.memory)).memory
         if self._transformer is not None and self._transformer.memory != mode:
             self._transformer = self._distilled_lora = None
             _release()
@@ -304,7 +304,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
         samples per transformer call in guided stages (None: all passes in one call; 0: the memory
         plan's choice, one pass per call without a plan)."""
         if max_batch_size == 0:
-            max_batch_size = self._plan.passes_per_call if self._plan is not None else 1
+            max_batch_size = (self._plan or unplanned(self.memory)).passes_per_call
         images = list(images)
         self.check_request(num_frames, height, width, fps, images, steps)
         geometry = Geometry(num_frames, height, width, float(fps))

@@ -238,11 +238,10 @@ def video_decode_activation_bytes(stages, scale_factors, out_channels: int, late
     tiling = vae_tiling.auto_tiling(stub, latent_shape, memory_budget=budget, dtype=mx.float32, cpu=cpu)
     _, _, F, H, W = latent_shape
     tile = (F, H, W)
-    if tiling is not None:  # the longest tile per axis (temporal tiles after the first start a frame early)
+    if tiling is not None:  # the longest tile per axis, as the tiled decode cuts them
         sizes = tiling.latent_sizes(scale_factors)
-        tile = tuple(n if sz is None else max(iv.end - iv.start for iv in split(n, *sz)) for n, sz, split in
-                     zip((F, H, W), sizes, (vae_tiling.split_temporal_causal, vae_tiling.split_by_size,
-                                            vae_tiling.split_by_size)))
+        tile = tuple(max(lat.stop - lat.start for lat, _, _ in vae_tiling.axis_tiles(n, 1, sz, axis == 0))
+                     for axis, (n, sz) in enumerate(zip((F, H, W), sizes)))
     f = tile[0]
     st, sh, sw = scale_factors
     chunk = out_channels * ((f - 1) * st + 1) * H * sh * W * sw * 4 * DECODED_CHUNK_COPIES

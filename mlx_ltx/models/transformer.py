@@ -300,6 +300,8 @@ class LTXModel(nn.Module):
             "use_middle_indices_grid": c.use_middle_indices_grid,
             "audio_cross_attention_dim": c.audio_cross_attention_dim,
             "cross_pe_max_pos": max(c.positional_embedding_max_pos[0], c.audio_positional_embedding_max_pos[0]),
+            "max_distinct_timesteps": self.max_distinct_timesteps,
+            "cache": self.args_cache,
         }
         video = StreamSpec(self.patchify_proj, self.adaln_single, c.inner_dim, c.positional_embedding_max_pos,
                            c.num_attention_heads, getattr(self, "caption_projection", None),
@@ -334,8 +336,6 @@ class LTXModel(nn.Module):
         if video is None and audio is None:
             raise ValueError("LTXModel needs at least one of video or audio")
         video_pre, audio_pre = self._preprocessors()
-        for pre in (video_pre, audio_pre):
-            pre.max_distinct_timesteps, pre.cache = self.max_distinct_timesteps, self.args_cache
         video_args = video_pre.prepare(video, audio) if video is not None else None
         audio_args = audio_pre.prepare(audio, video) if audio is not None else None
         if isinstance(perturbations, (list, tuple)):

@@ -241,7 +241,8 @@ class TransformerArgsPreprocessor:
 
     def __init__(self, spec: StreamSpec, *, timestep_scale_multiplier: float, av_ca_timestep_scale_multiplier: float,
                  positional_embedding_theta: float, double_precision_rope: bool, use_middle_indices_grid: bool,
-                 audio_cross_attention_dim: int, cross_pe_max_pos: float):
+                 audio_cross_attention_dim: int, cross_pe_max_pos: float,
+                 max_distinct_timesteps: int = MAX_DISTINCT_TIMESTEPS, cache: ArrayCache | None = None):
         self.spec = spec
         self.timestep_scale_multiplier = timestep_scale_multiplier
         self.av_ca_timestep_scale_multiplier = av_ca_timestep_scale_multiplier
@@ -250,8 +251,8 @@ class TransformerArgsPreprocessor:
         self.use_middle_indices_grid = use_middle_indices_grid
         self.audio_cross_attention_dim = audio_cross_attention_dim
         self.cross_pe_max_pos = cross_pe_max_pos
-        self.max_distinct_timesteps = MAX_DISTINCT_TIMESTEPS
-        self.cache: ArrayCache | None = None  # RoPE tables and masks kept between calls (LTXModel's)
+        self.max_distinct_timesteps = max_distinct_timesteps
+        self.cache = cache  # RoPE tables and masks kept between calls (LTXModel's)
 
     def _embed_timestep(self, adaln: AdaLayerNormSingle, timestep: mx.array, batch: int, dtype: mx.Dtype,
                         factor: float | None = None):
