@@ -436,23 +436,30 @@ def predicted(ckpt, dtype, memory: str, video_tokens: int, audio_tokens: int, co
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def child_step(p: dict) -> dict:
-    """Load (eager / stream), then one guided DEV step; peaks after each."""
+def measured_load(path: str, dtype, memory: str):
+    """(checkpoint, model, measurements) of loading a transformer and evaluating its resident weights:
+    seconds, MLX peak, VmHWM before and after, and the weights' bytes at ``dtype``."""
     from mlx_ltx.loading import Checkpoint
     from mlx_ltx.models.transformer import LTXModel
 
-    dtype = DTYPES[p["dtype"]]
     out = {"hwm_start": hwm_bytes()}
     mx.reset_peak_memory()
     t = time.perf_counter()
-    ckpt = Checkpoint(p["ckpt"])
-    model = LTXModel.from_checkpoint(ckpt, dtype, memory=p["memory"])
+    ckpt = Checkpoint(path)
+    model = LTXModel.from_checkpoint(ckpt, dtype, memory=memory)
     mx.eval(model.resident_parameters())
     out["load_s"] = time.perf_counter() - t
     out["load_peak"] = mx.get_peak_memory()
-    out["resident"] = sum(a.nbytes for a in model.resident_parameters())
-    out["weights"] = transformer_file_bytes(ckpt, dtype)
     out["hwm_load"] = hwm_bytes()
+    out["weights"] = transformer_file_bytes(ckpt, dtype)
+    return ckpt, model, out
+
+
+def child_step(p: dict) -> dict:
+    """Load (eager / stream), then one guided DEV step; peaks after each."""
+    dtype = DTYPES[p["dtype"]]
+    ckpt, model, out = measured_load(p["ckpt"], dtype, p["memory"])
+    out["resident"] = sum(a.nbytes for a in model.resident_parameters())
     vs, as_, ctx = make_states(ckpt.config, tuple(p["grid"]), p["audio_tokens"], p["context"], dtype)
     if p.get("adaln") is not None:
         # a stage-2 forward (no guidance); image-to-video: the first latent frame conditioned, so two
@@ -527,21 +534,10 @@ def child_fullsize(p: dict) -> dict:
     """Open a converted full-size folder, load (eager / stream), run the forward at 256x256x9
     through the first ``blocks`` blocks (all resident weights loaded either way)."""
     from mlx_ltx.latent_tools import VideoLatentShape
-    from mlx_ltx.loading import Checkpoint
     from mlx_ltx.models.audio_vae import AudioLatentShape
-    from mlx_ltx.models.transformer import LTXModel
 
     dtype = mx.bfloat16
-    out = {"hwm_start": hwm_bytes()}
-    mx.reset_peak_memory()
-    t = time.perf_counter()
-    ckpt = Checkpoint(p["folder"])
-    model = LTXModel.from_checkpoint(ckpt, dtype, memory=p["memory"])
-    mx.eval(model.resident_parameters())
-    out["load_s"] = time.perf_counter() - t
-    out["load_peak"] = mx.get_peak_memory()
-    out["hwm_load"] = hwm_bytes()
-    out["weights"] = transformer_file_bytes(ckpt, dtype)
+    ckpt, model, out = measured_load(p["folder"], dtype, p["memory"])
     cfg = ckpt.config
     f, h, w = p["pixels"]
     lat = VideoLatentShape.from_pixel_shape(f, h, w, cfg.vae.latent_channels, cfg.vae.scale_factors)
