@@ -21,14 +21,22 @@ from mlx_ltx.loading import Checkpoint
 FIXTURES = Path(__file__).parent / "reference" / "fixtures"
 
 
-def fixture_dirs() -> list[Path]:
+def generation(path: Path) -> str:
+    """A set's model generation: "2.5" for the split-layout sets of make_ref_25.py (FORMAT-25.md),
+    "2.3" for the single-file sets of make_ref.py (2.3 and 19B checkpoints)."""
+    return json.loads((Path(path) / "manifest.json").read_text()).get("generation", "2.3")
+
+
+def fixture_dirs(gen: str = "2.3") -> list[Path]:
+    """The committed sets of generation ``gen``, or ``$MLX_LTX_REFERENCE_DIR`` (one set) when it is
+    set and of that generation (a set of the other generation runs none of these tests)."""
     override = os.environ.get("MLX_LTX_REFERENCE_DIR")
     if override:
         path = Path(override)
         if not (path / "manifest.json").is_file():
             raise RuntimeError(f"MLX_LTX_REFERENCE_DIR={override}: no manifest.json there")
-        return [path]
-    return sorted(p for p in FIXTURES.iterdir() if (p / "manifest.json").is_file())
+        return [path] if generation(path) == gen else []
+    return sorted(p for p in FIXTURES.iterdir() if (p / "manifest.json").is_file() and generation(p) == gen)
 
 
 class FixtureSet:
@@ -75,6 +83,25 @@ class FixtureSet:
                 v = v.astype(mx.float32)
             out[k] = np.array(v)
         return out
+
+
+class FixtureSet25(FixtureSet):
+    """A 2.5 set: split files laid out like the Hugging Face repo (FORMAT-25.md); the checkpoint
+    is the folder, opened as a split checkpoint."""
+
+    def file(self, role: str) -> Path:
+        """The file of a component role: transformer, text_encoder, video_vae, audio_vae, duration_head."""
+        return self.path / self.manifest["files"][role]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path
+
+    def upsampler_path(self, name: str) -> Path:
+        return self.path / self.manifest["upsamplers"][name]
+
+    def lora_path(self, name: str = "distilled") -> Path:
+        return self.path / self.manifest["loras"][name]
 
 
 def rel_err(actual, expected) -> float:

@@ -17,25 +17,48 @@ from reference_data import FIXTURES
 # tests reading them skip there, so the committed sets must hold them all
 ALL_GOLDENS = {"audio_vae", "connector", "e2e", "gemma", "lora", "pipeline", "schedulers", "text_projection",
                "transformer", "upsampler", "video_vae", "vocoder"}
+# every golden make_ref_25.py writes by default (LTX-2.5 split sets, manifest "generation": "2.5"; FORMAT-25.md)
+ALL_GOLDENS_25 = {"ancestral", "duration", "e2e", "gemma", "transformer"}
+SPLIT_FILES_25 = {"transformer", "text_encoder", "video_vae", "audio_vae", "duration_head"}
+
+
+def _sets() -> list[tuple[Path, dict]]:
+    dirs = sorted(p for p in FIXTURES.iterdir() if (p / "manifest.json").is_file())
+    return [(d, json.loads((d / "manifest.json").read_text())) for d in dirs]
 
 
 def test_committed_sets_hold_every_golden():
-    sets = sorted(p for p in FIXTURES.iterdir() if (p / "manifest.json").is_file())
-    assert len(sets) >= 4
-    for d in sets:
-        names = json.loads((d / "manifest.json").read_text())["goldens"]
-        assert {n.removeprefix("golden_").removesuffix(".safetensors") for n in names} == ALL_GOLDENS, d.name
+    sets = _sets()
+    assert sum(m.get("generation") != "2.5" for _, m in sets) >= 4
+    assert sum(m.get("generation") == "2.5" for _, m in sets) >= 2
+    for d, manifest in sets:
+        expected = ALL_GOLDENS_25 if manifest.get("generation") == "2.5" else ALL_GOLDENS
+        names = manifest["goldens"]
+        assert {n.removeprefix("golden_").removesuffix(".safetensors") for n in names} == expected, d.name
+        if manifest.get("generation") == "2.5":
+            assert set(manifest["files"]) == SPLIT_FILES_25, d.name
+            rels = [*manifest["files"].values(), *manifest["upsamplers"].values(), *manifest["loras"].values()]
+            assert all((d / r).is_file() for r in rels), d.name
 
 PYTHON = os.environ.get("MLX_LTX_REFERENCE_PYTHON")
 
 
-@pytest.mark.skipif(not PYTHON, reason="set MLX_LTX_REFERENCE_PYTHON to the reference's interpreter")
-def test_generator_is_byte_reproducible(tmp_path):
-    committed = FIXTURES / "tiny-s1234"
-    out = tmp_path / "tiny-s1234"
-    subprocess.run([PYTHON, str(Path(FIXTURES).parent / "make_ref.py"), "--variant", "tiny", "--seed", "1234",
+def _regenerate_and_compare(tmp_path, script: str, variant: str) -> None:
+    committed = FIXTURES / f"{variant}-s1234"
+    out = tmp_path / f"{variant}-s1234"
+    subprocess.run([PYTHON, str(Path(FIXTURES).parent / script), "--variant", variant, "--seed", "1234",
                     "--out", str(out)], check=True, capture_output=True)
     files = sorted(str(p.relative_to(committed)) for p in committed.rglob("*") if p.is_file())
     files = [f for f in files if f != "REPORT.txt"]
     _, mismatch, errors = filecmp.cmpfiles(committed, out, files, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
+
+
+@pytest.mark.skipif(not PYTHON, reason="set MLX_LTX_REFERENCE_PYTHON to the reference's interpreter")
+def test_generator_is_byte_reproducible(tmp_path):
+    _regenerate_and_compare(tmp_path, "make_ref.py", "tiny")
+
+
+@pytest.mark.skipif(not PYTHON, reason="set MLX_LTX_REFERENCE_PYTHON to the reference's interpreter")
+def test_generator_25_is_byte_reproducible(tmp_path):
+    _regenerate_and_compare(tmp_path, "make_ref_25.py", "tiny25")

@@ -24,7 +24,10 @@ of the calls only (FORMAT.md §6 lists it):
 * the process is pinned to at most 2 CPUs, so PyAV's automatic libx264 thread count (slice
   threads, one per CPU) is the same on every machine; the count is recorded.
 
-Called by make_ref.py after the Gemma golden (it needs tiny-gemma3); see FORMAT.md §6.
+Called by make_ref.py after the Gemma golden (it needs tiny-gemma3); see FORMAT.md §6. make_ref_25.py calls
+it with ``model_paths=ModelPaths.from_split(...)`` (LTX-2.5 split files, FORMAT-25.md): DistilledPipeline's
+stage 1 then runs the ancestral loop, whose draws are labelled ``ancestral``; ``crf.value`` is the CRF that
+``ImageConditioner.resolve_crf`` gave the images (read from the video-VAE file), asserted for every pipeline.
 """
 
 from __future__ import annotations
@@ -84,9 +87,11 @@ class _TorchF32(types.ModuleType):
 class DrawRecorder:
     """Records every ``torch.randn`` the pipelines make, labelled by the site that drew it:
     ``noiser`` (GaussianNoiser: stage noise), ``decoder`` (the timestep-conditioned video decoder),
-    ``sde`` (res_2s SDE noise, recorded as ``_get_new_noise`` returns it, float64)."""
+    ``sde`` (res_2s SDE noise, recorded as ``_get_new_noise`` returns it, float64), ``ancestral`` (the
+    ancestral Euler loop's per-step noise: DistilledPipeline stage 1 at model_version >= 2.5)."""
 
-    SITES = {"_sample_noise": "noiser", "_memory_efficient_forward": "decoder"}
+    SITES = {"_sample_noise": "noiser", "_memory_efficient_forward": "decoder",
+             "_ancestral_euler_denoising_loop": "ancestral"}
 
     def __init__(self):
         self.draws: list[tuple[str, torch.Tensor]] = []
@@ -137,9 +142,11 @@ def _patch(stack: contextlib.ExitStack, obj, name: str, value) -> None:  # noqa:
     stack.callback(setattr, obj, name, old)
 
 
-def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str, lora_path: str, gemma_dir: str,
-               V: dict, seed: int, latent_c: int, audio_z: int, audio_mel_lat: int, report: list[str]
-               ) -> tuple[dict[str, torch.Tensor], dict]:
+def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str | None, upsampler_path: str, lora_path: str,  # noqa: PLR0915
+               gemma_dir: str | None, V: dict, seed: int, latent_c: int, audio_z: int, audio_mel_lat: int,
+               report: list[str], model_paths=None) -> tuple[dict[str, torch.Tensor], dict]:  # noqa: ANN001
+    """``model_paths``: a ``ModelPaths`` (e.g. ``ModelPaths.from_split(...)``, LTX-2.5); default
+    ``ModelPaths.from_monolith(ckpt_path, gemma_dir)`` (then the tiny tokenizer is copied into ``gemma_dir``)."""
     import av
     from PIL import Image
 
@@ -161,9 +168,11 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str
     crf_threads = pin_cpus(2)
     out: dict[str, torch.Tensor] = {}
 
+    paths = model_paths if model_paths is not None else ModelPaths.from_monolith(ckpt_path, gemma_dir)
     # ---- inputs: a tokenizer beside the tiny Gemma, two conditioning images as PNG files
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(os.path.join(ASSETS, "tiny_tokenizer", name), os.path.join(gemma_dir, name))
+    if model_paths is None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(os.path.join(ASSETS, "tiny_tokenizer", name), os.path.join(gemma_dir, name))
     images = conditioning_images(seed)
     names = ["e2e-first.png", "e2e-last.png"]
     for img, name in zip(images, names):
@@ -192,7 +201,7 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str
             _patch(st, m_decode, "av", proxy)
             return m_decode.preprocess(img, crf)
 
-    crf = detect_params(ckpt_path).default_image_crf
+    crf = detect_params(paths.video_vae()).default_image_crf  # what ImageConditioner reads (checked below)
     for k, img in enumerate(images):
         decoded = np.array(Image.open(os.path.join(out_dir, names[k])).convert("RGB"))
         assert np.array_equal(decoded, img)
@@ -224,11 +233,10 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str
         from dataclasses import replace
         return replace(p, stg_blocks=[min(b, num_layers - 1) for b in (p.stg_blocks or [])])
 
-    detected = detect_params(ckpt_path)
+    detected = detect_params(paths.transformer())
     guiders = {"dev": (clamp_blocks(detected.video_guider_params), clamp_blocks(detected.audio_guider_params)),
                "hq": (clamp_blocks(LTX_2_3_HQ_PARAMS.video_guider_params),
                       clamp_blocks(LTX_2_3_HQ_PARAMS.audio_guider_params))}
-    paths = ModelPaths.from_monolith(ckpt_path, gemma_dir)
     distilled_lora = [LoraPathStrengthAndSDOps(lora_path, 1.0, LTXV_LORA_COMFY_RENAMING_MAP)]
     hq_strengths = (0.25, 0.5)
 
@@ -253,7 +261,7 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str
     for name in ("distilled", "dev", "dev-two-stage", "dev-two-stage-hq"):
         p = f"{name}."
         rec = DrawRecorder()
-        log: dict[str, list] = {"stage": [], "ctx": [], "up": [], "vdec": [], "adec": [], "built": []}
+        log: dict[str, list] = {"stage": [], "ctx": [], "up": [], "vdec": [], "adec": [], "built": [], "crf": []}
         with contextlib.ExitStack() as st:
             for mod in (m_distilled, m_one, m_two, m_hq):
                 _patch(st, mod, "torch", _TorchF32("torch"))
@@ -275,6 +283,8 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str
                    lambda self, real=build_tr, **k: real(self, **{"dtype": self._dtype, **k}))
             _record_calls(st, blocks.DiffusionStage, "_build_transformer", lambda a, k, r: log["built"].append(_lora_probe(r)))
             _record_calls(st, blocks.PromptEncoder, "__call__", lambda a, k, r: log["ctx"].extend(r))
+            _record_calls(st, blocks.ImageConditioner, "resolve_crf",
+                          lambda a, k, r: log["crf"].extend(img.crf for img in r))
             _record_calls(st, blocks.VideoUpsampler, "__call__", lambda a, k, r: log["up"].append(r))
             _record_calls(st, blocks.VideoDecoder, "__call__", lambda a, k, r: log["vdec"].append(a[1]))
             _record_calls(st, blocks.AudioDecoder, "__call__", lambda a, k, r: log["adec"].append((a[1], r)))
@@ -283,6 +293,7 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str, upsampler_path: str
                 result = call(name, pipe)
                 video_iter, audio = result[0], result[1]
                 frames_out = torch.cat([c.float() for c in video_iter], dim=0)
+        assert log["crf"] and set(log["crf"]) == {crf}, f"{name}: ImageConditioner used CRF {log['crf']}, not {crf}"
         # the stage-2 distilled LoRA is really fused: a weight it touches differs from stage 1's
         if len(log["built"]) == 2 and name != "distilled":
             w1, w2 = log["built"]

@@ -27,6 +27,7 @@ REPORT.txt):
     done
 
 Any other variant/seed makes a set for ``MLX_LTX_REFERENCE_DIR`` (e.g. ``--variant alt --seed 7``).
+LTX-2.5 split-layout sets (tiny25, real25) come from make_ref_25.py (FORMAT-25.md), which imports this module.
 Flags: --no-gemma, --no-pipeline, --no-e2e.
 """
 
@@ -249,16 +250,7 @@ def main() -> None:  # noqa: PLR0915
     vocoder = VocoderConfigurator.from_metadata(METADATA).eval()
     for m in (transformer, processor, v_enc, v_dec, a_enc, a_dec, vocoder):
         randomize_(m, gen)
-    with torch.no_grad():  # keep the vocoder output inside (-1, 1) so the clamp does not flatten the golden
-        post_v, post_bwe = V.get("vocoder_post_scale", (0.5, 0.05))  # real23 (6-stage vocoder) needs smaller ones
-        pairs = ((vocoder.vocoder, post_v), (vocoder.bwe_generator, post_bwe)) if hasattr(vocoder, "bwe_generator") \
-            else ((vocoder, post_v),)
-        for gen_, post in pairs:
-            ups_scale = V.get("vocoder_ups_scale", 0.15)  # the 19B HiFi-GAN needs more, or biases drown the mel
-            for conv, f in [(u, ups_scale) for u in gen_.ups] + [(gen_.conv_post, post)]:
-                conv.weight.mul_(f).copy_(conv.weight.to(torch.bfloat16).float())
-        if getattr(v_dec, "timestep_conditioning", False):  # 0-d scalar: a bf16-exact value, not 1000 (catch hard-coding)
-            v_dec.timestep_scale_multiplier.fill_(928.0)
+    damp_vocoder_(vocoder, v_dec, V)
     # encoder and decoder share vae.per_channel_statistics in the checkpoint
     v_dec.per_channel_statistics.load_state_dict(v_enc.per_channel_statistics.state_dict())
     a_dec.per_channel_statistics.load_state_dict(a_enc.per_channel_statistics.state_dict())
@@ -373,67 +365,10 @@ def main() -> None:  # noqa: PLR0915
                                   "raw.out.video": raw_v, "raw.out.mask": raw_m})
 
         # ---- transformer: video (first latent frame = conditioning, timestep 0) + audio
-        tf, th, tw = V["tr_grid"]
-        vshape = VideoLatentShape(batch=1, channels=LATENT_C, frames=tf, height=th, width=tw)
         scale = SpatioTemporalScaleFactors.from_blocks(VAE["encoder_blocks"], VAE["patch_size"])
-        vtools = VideoLatentTools(VideoLatentPatchifier(patch_size=1), vshape, fps=V["fps"], scale_factors=scale)
-        vstate = vtools.create_initial_state(torch.device("cpu"), torch.float32,
-                                             torch.randn(vshape.to_torch_shape(), generator=g))
-        tpf = vtools.tokens_per_latent_frame
-        dmask = vstate.denoise_mask.clone()
-        dmask[:, :tpf] = 0.0  # conditioning frame -> per-token timestep 0
-        ashape = AudioLatentShape(batch=1, channels=A_Z, frames=V["audio_frames"], mel_bins=A_MEL_LAT)
-        atools = AudioLatentTools(AudioPatchifier(patch_size=1), ashape)
-        astate = atools.create_initial_state(torch.device("cpu"), torch.float32,
-                                             torch.randn(ashape.to_torch_shape(), generator=g))
-        sigma = torch.tensor([0.725])
-        v_ts = (dmask * sigma.view(-1, 1, 1)).squeeze(-1) if dmask.ndim == 3 else dmask * sigma.view(-1, 1)
-        a_ts = (astate.denoise_mask * sigma.view(-1, 1, 1)).squeeze(-1) if astate.denoise_mask.ndim == 3 \
-            else astate.denoise_mask * sigma.view(-1, 1)
-        video = Modality(latent=vstate.latent, sigma=sigma, timesteps=v_ts, positions=vstate.positions,
-                         context=v_ctx, context_mask=None)
-        audio = Modality(latent=astate.latent, sigma=sigma, timesteps=a_ts, positions=astate.positions,
-                         context=a_ctx, context_mask=None)
-        vx, ax = R_tr(video, audio, None)
-        vx0, ax0 = transformer(video, audio, None)
-        check_same("transformer.video", vx, vx0, report)
-        check_same("transformer.audio", ax, ax0, report)
-        gold["transformer"] = {
-            "in.video.latent": vstate.latent, "in.video.timesteps": v_ts, "in.video.positions": vstate.positions,
-            "in.video.context": v_ctx, "in.video.denoise_mask": dmask, "in.sigma": sigma,
-            "in.audio.latent": astate.latent, "in.audio.timesteps": a_ts, "in.audio.positions": astate.positions,
-            "in.audio.context": a_ctx,
-            "in.video.latent_5d": vstate.clean_latent if vstate.clean_latent.ndim == 5 else vtools.unpatchify(vstate).latent,
-            "in.audio.latent_4d": atools.unpatchify(astate).latent,
-            "out.video": vx, "out.audio": ax,
-        }
-        # audio-only pass (video disabled) and video-only pass: exercises the enabled=False paths
-        from dataclasses import replace
-
-        vx_vo, ax_vo = R_tr(video, replace(audio, enabled=False), None)
-        gold["transformer"].update({"out.video_only.video": vx_vo})
-        # uniform timesteps (no conditioning token): ltx-core 1.0.0 and 1.2.0 agree on this one; with
-        # per-token timesteps they differ in the A/V cross-attention scale/shift AdaLN (see README)
-        v_uni = replace(video, timesteps=torch.full_like(v_ts, float(sigma)))
-        vx_u, ax_u = R_tr(v_uni, audio, None)
-        gold["transformer"].update({"in.uniform.video.timesteps": v_uni.timesteps,
-                                    "out.uniform.video": vx_u, "out.uniform.audio": ax_u})
-        # the reference's own bfloat16 run of the same calls (bf16 copy; latents and contexts in bf16,
-        # sigma/timesteps/positions float32 as its pipelines pass them): bf16_ref_err.<key> bounds the bf16 tests
-        R_tr16 = bf16_copy(R_tr)
-
-        def _bf(m):
-            return replace(m, latent=m.latent.to(torch.bfloat16), context=m.context.to(torch.bfloat16))
-
-        v16, a16 = _bf(video), _bf(audio)
-        tr16 = dict(zip(("out.video", "out.audio"), R_tr16(v16, a16, None)))
-        tr16["out.video_only.video"] = R_tr16(v16, replace(a16, enabled=False), None)[0]
-        tr16.update(zip(("out.uniform.video", "out.uniform.audio"),
-                        R_tr16(replace(v16, timesteps=v_uni.timesteps), a16, None)))
-        tr_err = {f"bf16_ref_err.{k}": bf16_ref_err(o, gold["transformer"][k]) for k, o in tr16.items()}
-        gold["transformer"].update(tr_err)
-        del R_tr16, tr16
-        report.append(bf16_report("transformer", tr_err))
+        gold["transformer"], video, audio = transformer_golden(
+            R_tr, transformer, v_ctx, a_ctx, V=V, latent_c=LATENT_C, audio_z=A_Z, audio_mel_lat=A_MEL_LAT,
+            scale=scale, g=g, report=report)
 
         # ---- LoRA fusion: random test LoRAs, fused by the reference's own builder path
         gold["lora"], lora_files = lora_golden(args.out, PREFIX, ckpt_path, R_tr, video, audio, SEED, report)
@@ -645,6 +580,97 @@ def main() -> None:  # noqa: PLR0915
     with open(os.path.join(args.out, "REPORT.txt"), "w") as f:
         f.write("\n".join(report) + "\n")
     print("\n".join(report))
+
+
+def damp_vocoder_(vocoder: torch.nn.Module, v_dec: torch.nn.Module, V: dict) -> None:
+    """Keep the vocoder output inside (-1, 1) so the clamp does not flatten the golden (scales the upsampling
+    and final convs, bf16-rounded); a timestep-conditioned decoder gets a bf16-exact multiplier 928, not 1000."""
+    with torch.no_grad():
+        post_v, post_bwe = V.get("vocoder_post_scale", (0.5, 0.05))  # real23 (6-stage vocoder) needs smaller ones
+        pairs = ((vocoder.vocoder, post_v), (vocoder.bwe_generator, post_bwe)) if hasattr(vocoder, "bwe_generator") \
+            else ((vocoder, post_v),)
+        for gen_, post in pairs:
+            ups_scale = V.get("vocoder_ups_scale", 0.15)  # the 19B HiFi-GAN needs more, or biases drown the mel
+            for conv, f in [(u, ups_scale) for u in gen_.ups] + [(gen_.conv_post, post)]:
+                conv.weight.mul_(f).copy_(conv.weight.to(torch.bfloat16).float())
+        if getattr(v_dec, "timestep_conditioning", False):  # 0-d scalar: a bf16-exact value, not 1000 (catch hard-coding)
+            v_dec.timestep_scale_multiplier.fill_(928.0)
+
+
+def transformer_golden(R_tr, transformer, v_ctx, a_ctx, *, V: dict, latent_c: int, audio_z: int,  # noqa: ANN001, PLR0913
+                       audio_mel_lat: int, scale, g: torch.Generator, report: list[str], keyframes: bool = False
+                       ) -> tuple[dict[str, torch.Tensor], Modality, Modality]:
+    """golden_transformer (FORMAT.md §3): the reloaded transformer vs the in-memory one on one video+audio call
+    (first latent frame = conditioning), the video-only and uniform-timestep passes, and the reference's own bf16
+    run. Draws the latents from ``g`` (video, then audio). ``keyframes``: pass the state's ``keyframes_mask``
+    (first latent frame marked) in the video Modality and store it as ``in.video.keyframes_mask`` (LTX-2.5)."""
+    LATENT_C, A_Z, A_MEL_LAT = latent_c, audio_z, audio_mel_lat
+    gold: dict[str, dict[str, torch.Tensor]] = {}
+
+    tf, th, tw = V["tr_grid"]
+    vshape = VideoLatentShape(batch=1, channels=LATENT_C, frames=tf, height=th, width=tw)
+    vtools = VideoLatentTools(VideoLatentPatchifier(patch_size=1), vshape, fps=V["fps"], scale_factors=scale)
+    vstate = vtools.create_initial_state(torch.device("cpu"), torch.float32,
+                                         torch.randn(vshape.to_torch_shape(), generator=g))
+    tpf = vtools.tokens_per_latent_frame
+    dmask = vstate.denoise_mask.clone()
+    dmask[:, :tpf] = 0.0  # conditioning frame -> per-token timestep 0
+    ashape = AudioLatentShape(batch=1, channels=A_Z, frames=V["audio_frames"], mel_bins=A_MEL_LAT)
+    atools = AudioLatentTools(AudioPatchifier(patch_size=1), ashape)
+    astate = atools.create_initial_state(torch.device("cpu"), torch.float32,
+                                         torch.randn(ashape.to_torch_shape(), generator=g))
+    sigma = torch.tensor([0.725])
+    v_ts = (dmask * sigma.view(-1, 1, 1)).squeeze(-1) if dmask.ndim == 3 else dmask * sigma.view(-1, 1)
+    a_ts = (astate.denoise_mask * sigma.view(-1, 1, 1)).squeeze(-1) if astate.denoise_mask.ndim == 3 \
+        else astate.denoise_mask * sigma.view(-1, 1)
+    kf = {"keyframes_mask": vstate.keyframes_mask} if keyframes else {}
+    video = Modality(latent=vstate.latent, sigma=sigma, timesteps=v_ts, positions=vstate.positions,
+                     context=v_ctx, context_mask=None, **kf)
+    audio = Modality(latent=astate.latent, sigma=sigma, timesteps=a_ts, positions=astate.positions,
+                     context=a_ctx, context_mask=None)
+    vx, ax = R_tr(video, audio, None)
+    vx0, ax0 = transformer(video, audio, None)
+    check_same("transformer.video", vx, vx0, report)
+    check_same("transformer.audio", ax, ax0, report)
+    gold["transformer"] = {
+        "in.video.latent": vstate.latent, "in.video.timesteps": v_ts, "in.video.positions": vstate.positions,
+        "in.video.context": v_ctx, "in.video.denoise_mask": dmask, "in.sigma": sigma,
+        "in.audio.latent": astate.latent, "in.audio.timesteps": a_ts, "in.audio.positions": astate.positions,
+        "in.audio.context": a_ctx,
+        "in.video.latent_5d": vstate.clean_latent if vstate.clean_latent.ndim == 5 else vtools.unpatchify(vstate).latent,
+        "in.audio.latent_4d": atools.unpatchify(astate).latent,
+        "out.video": vx, "out.audio": ax,
+    }
+    if keyframes:
+        gold["transformer"]["in.video.keyframes_mask"] = vstate.keyframes_mask
+    # audio-only pass (video disabled) and video-only pass: exercises the enabled=False paths
+    from dataclasses import replace
+
+    vx_vo, ax_vo = R_tr(video, replace(audio, enabled=False), None)
+    gold["transformer"].update({"out.video_only.video": vx_vo})
+    # uniform timesteps (no conditioning token): ltx-core 1.0.0 and 1.2.0 agree on this one; with
+    # per-token timesteps they differ in the A/V cross-attention scale/shift AdaLN (see README)
+    v_uni = replace(video, timesteps=torch.full_like(v_ts, float(sigma)))
+    vx_u, ax_u = R_tr(v_uni, audio, None)
+    gold["transformer"].update({"in.uniform.video.timesteps": v_uni.timesteps,
+                                "out.uniform.video": vx_u, "out.uniform.audio": ax_u})
+    # the reference's own bfloat16 run of the same calls (bf16 copy; latents and contexts in bf16,
+    # sigma/timesteps/positions float32 as its pipelines pass them): bf16_ref_err.<key> bounds the bf16 tests
+    R_tr16 = bf16_copy(R_tr)
+
+    def _bf(m):
+        return replace(m, latent=m.latent.to(torch.bfloat16), context=m.context.to(torch.bfloat16))
+
+    v16, a16 = _bf(video), _bf(audio)
+    tr16 = dict(zip(("out.video", "out.audio"), R_tr16(v16, a16, None)))
+    tr16["out.video_only.video"] = R_tr16(v16, replace(a16, enabled=False), None)[0]
+    tr16.update(zip(("out.uniform.video", "out.uniform.audio"),
+                    R_tr16(replace(v16, timesteps=v_uni.timesteps), a16, None)))
+    tr_err = {f"bf16_ref_err.{k}": bf16_ref_err(o, gold["transformer"][k]) for k, o in tr16.items()}
+    gold["transformer"].update(tr_err)
+    del R_tr16, tr16
+    report.append(bf16_report("transformer", tr_err))
+    return gold["transformer"], video, audio
 
 
 def lora_golden(out_dir: str, prefix: str, ckpt_path: str, R_tr, video, audio, SEED: int, report: list[str]
