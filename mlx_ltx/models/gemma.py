@@ -6,6 +6,10 @@ The transformer itself is mlx-lm's ``gemma3_text.Model``; this module only confi
 Hugging Face Gemma-3 config, loads the weights strictly and walks its layers to collect what
 Hugging Face returns with ``output_hidden_states=True``: the scaled embeddings, every layer's
 output, and, in place of the last layer's raw output, the output after the final norm.
+
+What every Gemma family shares lives here too and ``gemma4.py`` (the LTX-2.5 bundle) reuses it:
+the padding masks and the hidden-state walk (``GemmaHiddenStates``), quantized loading
+(``quantize_like_checkpoint``) and the tokenizer wrapper (``GemmaTokenizer``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -65,6 +69,8 @@ class GemmaConfig:
     rope_parameters: dict[str, dict[str, Any]]
     quantization: dict[str, Any] | None = None
     eos_token_ids: tuple[int, ...] = (1,)
+    # the top-level provenance stamp the LTX-2.5 version check compares (none in google's configs)
+    gemma_version: str | None = None
 
     @property
     def sliding_window_pattern(self) -> int | None:
@@ -122,6 +128,7 @@ class GemmaConfig:
             rope_parameters=_rope_parameters(text, source),
             quantization=quantization if isinstance(quantization, dict) and "bits" in quantization else None,
             eos_token_ids=tuple(eos) if isinstance(eos, (list, tuple)) else (eos,),
+            gemma_version=config.get("gemma_version"),
         )
 
 
@@ -161,7 +168,51 @@ class _GemmaMLP(gemma3_text.MLP):
         return self.down_proj(gelu_tanh_rounded_once(self.gate_proj(x)) * self.up_proj(x))
 
 
-class GemmaLanguageModel(nn.Module):
+class GemmaHiddenStates(nn.Module):
+    """The family-agnostic part of ``LTXGemmaTextEncoder.encode`` over an mlx-lm Gemma held as
+    ``language_model`` (its inner ``model`` has ``embed_tokens``, ``layers`` and ``norm``):
+    padding masks and the walk that collects every hidden state. mlx-lm's own forward builds
+    causal masks only and returns the normed output alone, so neither can be used here.
+    Subclasses run the layers (``_layer_outputs``), whose call signatures differ per family."""
+
+    config: Any  # sliding_window, hidden_size, layer_types
+
+    def attention_masks(self, attention_mask: mx.array) -> dict[str, mx.array]:
+        """Boolean (B, 1, T, T) masks per layer type: causal, the sliding window on local layers
+        (key > query − window, as transformers' ``sliding_window_overlay``), padded keys masked.
+        A query whose keys are all padding (a left pad) may see itself: torch's SDPA gives such
+        rows a zero attention output, MLX's a NaN, which would leak into valid rows through
+        0·NaN. Pad rows thus differ from transformers' unless the pad embedding is zero; nothing
+        reads them (the feature extractor zeroes padded tokens)."""
+        T = attention_mask.shape[1]
+        q = mx.arange(T)[:, None]
+        k = mx.arange(T)[None, :]
+        valid = attention_mask.astype(mx.bool_)[:, None, None, :]
+        full = (q >= k) & (valid | (q == k))
+        return {"full_attention": full, "sliding_attention": full & (k > q - self.config.sliding_window)}
+
+    def _embedding_ids(self, input_ids: mx.array) -> mx.array:
+        return input_ids
+
+    def _layer_outputs(self, h: mx.array, masks: dict[str, mx.array]):
+        """Yield each decoder layer's output in turn."""
+        raise NotImplementedError
+
+    def hidden_states(self, input_ids: mx.array, attention_mask: mx.array) -> list[mx.array]:
+        """The ``num_hidden_layers + 1`` hidden states of ``model.model(..., output_hidden_states=True)``.
+        Positions are 0..T−1 over the padded sequence, as the reference passes no position ids."""
+        inner = self.language_model.model
+        h = inner.embed_tokens(self._embedding_ids(input_ids))
+        # the ScaledWordEmbedding of both families: a float32 sqrt(hidden) cast to the weight
+        # dtype (mlx-lm's own forward rounds it through bfloat16 even in float32, up to 2e-3 relative)
+        h = h * mx.array(math.sqrt(self.config.hidden_size), mx.float32).astype(h.dtype)
+        states = [h]
+        states.extend(self._layer_outputs(h, self.attention_masks(attention_mask)))
+        states[-1] = inner.norm(states[-1])
+        return states
+
+
+class GemmaLanguageModel(GemmaHiddenStates):
     """mlx-lm's Gemma-3 text model under ``language_model`` so that its parameter names are the
     google checkpoint's keys (``language_model.model.*``)."""
 
@@ -187,35 +238,10 @@ class GemmaLanguageModel(nn.Module):
         if not has_lm_head:  # Gemma 3 ties the output head to the embeddings
             self.language_model.sanitize({})
 
-    def attention_masks(self, attention_mask: mx.array) -> dict[str, mx.array]:
-        """Boolean (B, 1, T, T) masks per layer type: causal, the sliding window on local layers
-        (key > query − window, as transformers' ``sliding_window_overlay``), padded keys masked.
-        A query whose keys are all padding (a left pad) may see itself: torch's SDPA gives such
-        rows a zero attention output, MLX's a NaN, which would leak into valid rows through
-        0·NaN. Pad rows thus differ from transformers' unless the pad embedding is zero; nothing
-        reads them (the feature extractor zeroes padded tokens)."""
-        T = attention_mask.shape[1]
-        q = mx.arange(T)[:, None]
-        k = mx.arange(T)[None, :]
-        valid = attention_mask.astype(mx.bool_)[:, None, None, :]
-        full = (q >= k) & (valid | (q == k))
-        return {"full_attention": full, "sliding_attention": full & (k > q - self.config.sliding_window)}
-
-    def hidden_states(self, input_ids: mx.array, attention_mask: mx.array) -> list[mx.array]:
-        """The ``num_hidden_layers + 1`` hidden states of ``model.model(..., output_hidden_states=True)``.
-        Positions are 0..T−1 over the padded sequence, as the reference passes no position ids."""
-        inner = self.language_model.model
-        h = inner.embed_tokens(input_ids)
-        # Gemma3TextScaledWordEmbedding: a float32 sqrt(hidden) cast to the weight dtype (mlx-lm's
-        # own forward rounds it through bfloat16 even in float32, up to 2e-3 relative)
-        h = h * mx.array(math.sqrt(self.config.hidden_size), mx.float32).astype(h.dtype)
-        masks = self.attention_masks(attention_mask)
-        states = [h]
-        for layer, layer_type in zip(inner.layers, self.config.layer_types):
+    def _layer_outputs(self, h: mx.array, masks: dict[str, mx.array]):
+        for layer, layer_type in zip(self.language_model.model.layers, self.config.layer_types):
             h = layer(h, masks[layer_type], None)
-            states.append(h)
-        states[-1] = inner.norm(h)
-        return states
+            yield h
 
 
 def _module_key(key: str, model_type: str) -> str | None:
@@ -247,18 +273,19 @@ def read_gemma_config(folder: str | os.PathLike) -> GemmaConfig:
     return GemmaConfig.from_dict(json.loads(path.read_text()), source=str(path))
 
 
-def _quantize_like_checkpoint(model: nn.Module, weights: dict[str, mx.array], config: GemmaConfig,
-                              source: str) -> None:
+def quantize_like_checkpoint(model: nn.Module, weights: dict[str, mx.array], quantization: dict[str, Any] | None,
+                             source: str, module_key: Callable[[str], str | None] = lambda k: k) -> None:
     """As mlx-lm's loader: exactly the layers stored with ``scales`` are quantized, with the global
-    settings or a per-layer entry of the config's ``quantization`` (keyed by checkpoint path)."""
+    settings or a per-layer entry of the ``quantization`` settings (keyed by checkpoint path,
+    which ``module_key`` turns into the module's path)."""
     quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
     if not quantized:
         return
-    q = config.quantization
+    q = quantization
     if q is None:
         raise CheckpointError(f"{source}: quantized tensors (e.g. {min(quantized)!r}.scales) but no "
                               f"'quantization' settings in config.json")
-    per_layer = {_module_key(k, config.model_type): v for k, v in q.items() if isinstance(v, dict)}
+    per_layer = {module_key(k): v for k, v in q.items() if isinstance(v, dict)}
 
     def predicate(path: str, module: nn.Module):
         if path not in quantized:
@@ -288,7 +315,8 @@ def load_gemma_model(folder: str | os.PathLike, dtype: mx.Dtype = mx.bfloat16) -
                               f"or 'model.language_model.embed_tokens.weight')")
     model = GemmaLanguageModel(config, vocab_size=embed.shape[0],
                                has_lm_head="language_model.lm_head.weight" in weights)
-    _quantize_like_checkpoint(model, weights, config, folder)
+    quantize_like_checkpoint(model, weights, config.quantization, folder,
+                             lambda k: _module_key(k, config.model_type))
     load_strict(model, weights, source=f"{folder} (Gemma-3 language model)", origin=lambda k: origin.get(k, k),
                 dtype=dtype, quantize=False)
     mx.eval(model.parameters())
@@ -318,6 +346,20 @@ _TOKENIZER_CONFIG_SKIP = frozenset({"tokenizer_class", "auto_map", "model_max_le
                                     "local_files_only", "processor_class", "added_tokens_decoder"})
 
 
+def chat_template_from_sidecars(sidecars: Mapping[str, bytes]) -> str | None:
+    """``_chat_template_from_assets``: ``chat_template.jinja``, else the string (or the dict's
+    ``chat_template`` string) of ``chat_template.json``."""
+    if (template := sidecars.get("chat_template.jinja")) is not None:
+        return template.decode()
+    raw = sidecars.get("chat_template.json")
+    if raw is None:
+        return None
+    loaded = json.loads(raw)
+    if isinstance(loaded, dict):
+        loaded = loaded.get("chat_template")
+    return loaded if isinstance(loaded, str) else None
+
+
 class GemmaTokenizer:
     """``LTXGemmaTokenizer``: strip, truncate to ``max_length`` (right side, BOS counted), make
     sure the first token is BOS, never add EOS, LEFT-pad to exactly ``max_length`` with the pad
@@ -332,26 +374,33 @@ class GemmaTokenizer:
             raise ValueError("the Gemma tokenizer has no bos_token_id; the encode path needs a leading BOS")
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, max_length: int = TOKENIZER_MAX_LENGTH) -> GemmaTokenizer:
-        """The reference's ``build_gemma_hf_tokenizer``: a fast tokenizer from ``tokenizer.json``
-        with the constructor arguments of ``tokenizer_config.json``."""
+    def from_assets(cls, tokenizer_json: bytes, tokenizer_config: Mapping[str, Any], chat_template: str | None = None,
+                    max_length: int = TOKENIZER_MAX_LENGTH) -> GemmaTokenizer:
+        """The reference's ``build_gemma_hf_tokenizer``: a fast tokenizer from the bytes of
+        ``tokenizer.json`` with the constructor arguments of ``tokenizer_config.json`` (minus the
+        skip list) and the chat template of the sidecars."""
+        from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
+        kwargs = {k: v for k, v in tokenizer_config.items() if k not in _TOKENIZER_CONFIG_SKIP}
+        if chat_template is not None:
+            kwargs.setdefault("chat_template", chat_template)
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_buffer(tokenizer_json),
+                                      model_max_length=max_length, **kwargs)
+        return cls(tok, max_length)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, max_length: int = TOKENIZER_MAX_LENGTH) -> GemmaTokenizer:
+        """:meth:`from_assets` over a Hugging Face folder's files."""
         folder = Path(folder)
         if not (folder / "tokenizer.json").is_file():
             raise CheckpointError(f"{folder}: no tokenizer.json (the Gemma-3 folder's fast tokenizer)")
         cfg_path = folder / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        kwargs = {k: v for k, v in cfg.items() if k not in _TOKENIZER_CONFIG_SKIP}
-        template = folder / "chat_template.jinja"
-        if template.is_file():
-            kwargs.setdefault("chat_template", template.read_text())
-        elif (folder / "chat_template.json").is_file():
-            loaded = json.loads((folder / "chat_template.json").read_text())
-            kwargs.setdefault("chat_template", loaded.get("chat_template") if isinstance(loaded, dict) else loaded)
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), model_max_length=max_length,
-                                      **kwargs)
-        return cls(tok, max_length)
+        sidecars = {name: (folder / name).read_bytes() for name in ("chat_template.jinja", "chat_template.json")
+                    if (folder / name).is_file()}
+        return cls.from_assets((folder / "tokenizer.json").read_bytes(), cfg, chat_template_from_sidecars(sidecars),
+                               max_length)
 
     def token_ids(self, text: str) -> list[int]:
         """The unpadded ids of one prompt (BOS first, at most ``max_length``)."""
@@ -373,9 +422,10 @@ class GemmaTokenizer:
 
 
 class GemmaTextEncoder:
-    """Gemma-3 weights + tokenizer: prompts -> per-prompt hidden states, one batched forward."""
+    """Gemma weights (any family's ``GemmaHiddenStates``) + tokenizer: prompts -> per-prompt
+    hidden states, one batched forward."""
 
-    def __init__(self, model: GemmaLanguageModel, tokenizer: GemmaTokenizer | None):
+    def __init__(self, model: GemmaHiddenStates, tokenizer: GemmaTokenizer | None):
         self.model = model
         self.tokenizer = tokenizer
 
@@ -387,7 +437,7 @@ class GemmaTextEncoder:
         return cls(load_gemma_model(folder, dtype), tokenizer)
 
     @property
-    def config(self) -> GemmaConfig:
+    def config(self):
         return self.model.config
 
     def encode(self, prompts: list[str]) -> list[tuple[list[mx.array], mx.array]]:

@@ -1,31 +1,86 @@
 """Prompt -> LTX text contexts: the reference's ``PromptEncoder`` (``ltx_pipelines/utils/blocks.py``).
 
-Gemma-3 (``gemma.py``, on mlx-lm) turns all prompts of a generation into hidden states in one
-batched forward; the ``EmbeddingsProcessor`` (feature extractor + video/audio connectors,
-``connector.py``) turns each prompt's hidden states into the video and audio contexts. Results
-are cached per prompt text, and in low-memory mode the Gemma weights are dropped as soon as the
-prompts are encoded, as the reference frees Gemma before loading the embeddings processor.
+Gemma (on mlx-lm: Gemma 3 from a Hugging Face folder for LTX-2 / 2.3, ``gemma.py``; the LTX-2.5
+Gemma-4 bundle, ``gemma4.py``; chosen by the config's ``model_type`` through ``GEMMA_FAMILIES``)
+turns all prompts of a generation into hidden states in one batched forward; the
+``EmbeddingsProcessor`` (feature extractor + video/audio connectors, ``connector.py``) turns each
+prompt's hidden states into the video and audio contexts. Results are cached per prompt text, and
+in low-memory mode the Gemma weights are dropped as soon as the prompts are encoded, as the
+reference frees Gemma before loading the embeddings processor.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import mlx.core as mx
 
-from ..loading import Checkpoint, resolve_model_path
+from ..loading import Checkpoint, CheckpointError, resolve_model_path
 from .gemma import (
     TOKENIZER_MAX_LENGTH,
-    GemmaConfig,
+    GemmaHiddenStates,
     GemmaTextEncoder,
     GemmaTokenizer,
     load_gemma_model,
     read_gemma_config,
     resolve_gemma_path,
 )
+from .gemma4 import (
+    GEMMA4_TEXT_ENCODER_FILE,
+    bundle_model_type,
+    check_gemma_version,
+    load_gemma4_model,
+    load_gemma4_tokenizer,
+    read_gemma4_config,
+)
+
+
+@dataclass(frozen=True)
+class GemmaFamily:
+    """How a Gemma family is read from its path: config (``hidden_size``, ``num_hidden_layers``,
+    ``model_type``, ``gemma_version``), tokenizer and weights. ``enhances``: the reference
+    rewrites prompts with it (``PromptEncoder`` raises for the others)."""
+
+    read_config: Callable[[str], Any]
+    load_tokenizer: Callable[[str, int], GemmaTokenizer]
+    load_model: Callable[[str, mx.Dtype], GemmaHiddenStates]
+    enhances: bool
+
+
+_GEMMA3 = GemmaFamily(read_gemma_config, GemmaTokenizer.from_folder, load_gemma_model, enhances=True)
+# keyed by the config's model_type (get_gemma_ops); gemma3_text: text-only Gemma-3 folders
+GEMMA_FAMILIES: dict[str, GemmaFamily] = {
+    "gemma3": _GEMMA3,
+    "gemma3_text": _GEMMA3,
+    "gemma4_unified": GemmaFamily(read_gemma4_config, load_gemma4_tokenizer, load_gemma4_model, enhances=False),
+}
+
+
+def resolve_text_encoder(spec: str | os.PathLike) -> tuple[str, str]:
+    """(path, model_type) of a text encoder: a Gemma bundle .safetensors (LTX-2.5), or a Gemma-3
+    Hugging Face folder or repo id (fetched as ``resolve_gemma_path`` does)."""
+    spec = os.fspath(spec)
+    if os.path.isfile(spec):
+        path, model_type = spec, bundle_model_type(spec)
+        if model_type is None:
+            raise CheckpointError(f"{spec}: no 'gemma_config' in its __metadata__; a text-encoder file is the "
+                                  f"release's {GEMMA4_TEXT_ENCODER_FILE} (or pass a Gemma-3 folder)")
+    else:
+        path = resolve_gemma_path(spec)
+        config = Path(path) / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if model_type is None:
+            read_gemma_config(path)  # raises, naming what is missing
+    if model_type not in GEMMA_FAMILIES:
+        raise CheckpointError(f"{path}: Gemma model_type={model_type!r} is not a text encoder here; supported: "
+                              f"{', '.join(GEMMA_FAMILIES)}")
+    return path, model_type
+
 
 # base_encoder.GEMMA3_ENHANCE_GENERATION_KWARGS; top_k is transformers' default (the reference
 # builds the model from its config, so no generation_config.json narrows it)
@@ -109,25 +164,40 @@ class PromptEncoding(NamedTuple):
 
 
 class TextEncoder:
-    """Gemma-3 + the checkpoint's embeddings processor, loaded on first use.
+    """Gemma + the checkpoint's embeddings processor, loaded on first use.
 
     ``gemma``: a Hugging Face Gemma-3 folder or repo id (google/gemma-3-12b-it-qat-q4_0-unquantized,
-    or an mlx-community bf16 / 8-bit / 4-bit conversion). ``checkpoint``: the LTX checkpoint (a
-    ``Checkpoint``, a file, a converted folder or its repo id) holding the text projection and
-    the connectors. ``low_memory``: release the Gemma weights after every encoding call (the
-    tokenizer stays); they are reloaded if a new prompt comes.
+    or an mlx-community bf16 / 8-bit / 4-bit conversion) for LTX-2 / 2.3, or the LTX-2.5 Gemma-4
+    bundle (``text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors``); None takes the text
+    encoder file of a split checkpoint. ``checkpoint``: the LTX checkpoint (a ``Checkpoint``, a
+    file, a folder or its repo id) holding the text projection and the connectors; its transformer
+    must name the text encoder's ``gemma_version`` (``check_gemma_version``). ``low_memory``:
+    release the Gemma weights after every encoding call (the tokenizer stays); they are reloaded
+    if a new prompt comes.
     """
 
-    def __init__(self, gemma: str | os.PathLike, checkpoint: Checkpoint | str | os.PathLike, *,
+    def __init__(self, gemma: str | os.PathLike | None, checkpoint: Checkpoint | str | os.PathLike, *,
                  dtype: mx.Dtype = mx.bfloat16, low_memory: bool = False, max_length: int = TOKENIZER_MAX_LENGTH):
-        self.gemma_path = resolve_gemma_path(gemma)
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = Checkpoint(resolve_model_path(checkpoint))
         self.checkpoint = checkpoint
+        if gemma is None:  # a split checkpoint's own text-encoder file
+            gemma = checkpoint.role_path("text_encoder") if hasattr(checkpoint, "role_path") else None
+            if gemma is None:
+                raise CheckpointError(f"{checkpoint.path} holds no text encoder: pass the Gemma-3 folder (LTX-2 / "
+                                      f"2.3) or the {GEMMA4_TEXT_ENCODER_FILE} file (LTX-2.5)")
+        self.gemma_path, self.model_type = resolve_text_encoder(gemma)
+        self.family = GEMMA_FAMILIES[self.model_type]
         self.dtype = dtype
         self.low_memory = low_memory
-        self.gemma_config: GemmaConfig = read_gemma_config(self.gemma_path)
-        self.tokenizer = GemmaTokenizer.from_folder(self.gemma_path, max_length)
+        self.gemma_config = self.family.read_config(self.gemma_path)
+        # the reference checks when it builds the embeddings processor; here before anything loads.
+        # A split checkpoint's transformer file holds the stamp (hasattr: Checkpoints before split files)
+        split = hasattr(checkpoint, "role_metadata")
+        check_gemma_version(checkpoint.role_metadata("transformer") if split else checkpoint.metadata,
+                            self.gemma_config, (split and checkpoint.role_path("transformer")) or checkpoint.path,
+                            self.gemma_path)
+        self.tokenizer = self.family.load_tokenizer(self.gemma_path, max_length)
         self._gemma: GemmaTextEncoder | None = None
         self._embeddings_processor = None
         self._cache: dict[str, PromptEncoding] = {}
@@ -135,7 +205,7 @@ class TextEncoder:
     @property
     def gemma(self) -> GemmaTextEncoder:
         if self._gemma is None:
-            self._gemma = GemmaTextEncoder(load_gemma_model(self.gemma_path, self.dtype), self.tokenizer)
+            self._gemma = GemmaTextEncoder(self.family.load_model(self.gemma_path, self.dtype), self.tokenizer)
         return self._gemma
 
     @property
@@ -162,6 +232,10 @@ class TextEncoder:
     def enhance_prompt(self, prompt: str, seed: int = 42, max_new_tokens: int | None = None) -> str:
         """``generate_enhanced_prompt`` for text-to-video: Gemma rewrites the prompt with the
         reference's T2V system prompt (seed default as the pipelines' ``enhance_prompt_seed``)."""
+        if not self.family.enhances:  # PromptEncoder (blocks.py) raises alike
+            raise ValueError(f"prompt enhancement with the {self.model_type} text encoder ({self.gemma_path}) is not "
+                             f"supported: it encodes only; the reference needs a separate generative Gemma "
+                             f"(--prompt-enhancer-gemma-root, e.g. gemma3 or gemma4 E2B-it) for it")
         return clean_response(enhance_t2v(self.gemma, prompt, max_new_tokens=max_new_tokens, seed=seed))
 
     def encode_prompts(self, prompts: list[str], *, enhance_first_prompt: bool = False,
