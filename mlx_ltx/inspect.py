@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable
 
@@ -73,7 +74,19 @@ def logical_params(ckpt: Checkpoint) -> int:
 def summarize(ckpt: Checkpoint) -> list[str]:
     lines = [f"checkpoint: {ckpt.path}", f"model_version: {ckpt.metadata.get('model_version', '(absent: LTX-2.0)')}"]
     info = getattr(ckpt, "info", None)  # a converted folder's config.json
-    if info:
+    converted = bool(info) and info.get("format") is not None
+    if ckpt.layout == "split":
+        from .generations import describe
+
+        if not converted:
+            lines.append("split files: " + ", ".join(
+                f"{r} {os.path.relpath(p, ckpt.path) if os.path.isdir(ckpt.path) else p}"
+                for r, p in ckpt.role_files.items()))
+        kind = describe(ckpt)
+        lines.append(f"generation: LTX-{kind.name}, decoder {kind.video_decoder}, text encoder "
+                     f"{kind.text_encoder_family or 'none'}, duration head {'yes' if kind.has_duration_head else 'no'}, "
+                     f"image CRF {kind.image_crf}")
+    if converted:
         lines.append(f"converted folder: format {info.get('format')} v{info.get('format_version')}, variant "
                      f"{info.get('variant')}, dtype {info.get('dtype')}")
     quantized = quantized_layers(ckpt)

@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from . import model_files
 from .config import LTXConfig, UpsamplerConfig, parse_metadata
 
 
@@ -68,10 +69,13 @@ COMPONENTS: dict[str, KeyOps] = {
     "audio_connector": KeyOps("audio_connector", ((_CONNECTORS[1], ""),)),
     "text_projection": KeyOps("text_projection", (("text_embedding_projection.", ""),)),
     # VAE_ENCODER/DECODER_COMFY_KEYS_FILTER: encoder and decoder share the latent statistics
-    "vae_encoder": KeyOps("vae_encoder", (("vae.encoder.", ""),
-                                          ("vae.per_channel_statistics.", "per_channel_statistics."))),
-    "vae_decoder": KeyOps("vae_decoder", (("vae.decoder.", ""),
-                                          ("vae.per_channel_statistics.", "per_channel_statistics."))),
+    # (a split video-VAE file holds them bare: encoder.*, decoder.*, per_channel_statistics.*)
+    "vae_encoder": KeyOps("vae_encoder", (("vae.encoder.", ""), ("encoder.", ""),
+                                          ("vae.per_channel_statistics.", "per_channel_statistics."),
+                                          ("per_channel_statistics.", "per_channel_statistics."))),
+    "vae_decoder": KeyOps("vae_decoder", (("vae.decoder.", ""), ("decoder.", ""),
+                                          ("vae.per_channel_statistics.", "per_channel_statistics."),
+                                          ("per_channel_statistics.", "per_channel_statistics."))),
     "audio_vae_encoder": KeyOps("audio_vae_encoder", (("audio_vae.encoder.", ""),
                                                       ("audio_vae.per_channel_statistics.",
                                                        "per_channel_statistics."))),
@@ -79,6 +83,8 @@ COMPONENTS: dict[str, KeyOps] = {
                                                       ("audio_vae.per_channel_statistics.",
                                                        "per_channel_statistics."))),
     "vocoder": KeyOps("vocoder", (("vocoder.", ""),)),
+    # DURATION_HEAD_KEY_OPS (LTX-2.5: its own file, or alongside other components)
+    "duration_head": KeyOps("duration_head", (("duration_head.", ""),)),
     # upsampler files hold their keys unprefixed
     "upsampler": KeyOps("upsampler", (("", ""),)),
 }
@@ -122,16 +128,53 @@ class Checkpoint:
     component) and a ``config.json`` holding the source's metadata, so everything downstream
     treats both forms alike."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = resolve_model_path(path)
+    def __init__(self, path: "str | os.PathLike | dict[str, str]", *, variant: str | None = None):
+        """``path``: a single file, a converted folder, a split folder laid out like the Hugging Face
+        2.5 repo, or {role: file} for split files given one by one (roles of ``model_files.ROLES``).
+        ``variant`` ("dev" / "distilled") picks the transformer of a split folder that holds both."""
         self.quantization: dict[str, Any] | None = None
         self.files: dict[str, str] = {}  # checkpoint key -> file holding it
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
-        if os.path.isdir(self.path):
+        #: per role (model_files.ROLES), the file and the parsed metadata of that file; a single
+        #: file serves every role but the text encoder
+        self.role_files: dict[str, str] = {}
+        self.role_meta: dict[str, dict[str, Any]] = {}
+        self.layout = "single"
+        if isinstance(path, dict):
+            self.path = os.fspath(path["transformer"]) if "transformer" in path else ""
+            self._open_split(model_files.from_paths(path, variant), self.path)
+            return
+        self.path = resolve_model_path(path)
+        if os.path.isdir(self.path) and not os.path.isfile(os.path.join(self.path, CONVERTED_CONFIG)) \
+                and model_files.is_split_folder(self.path):
+            self._open_split(model_files.scan_folder(self.path, variant), self.path)
+        elif os.path.isdir(self.path):
             self._open_folder()
         else:
             self.metadata: dict[str, Any] = self._index(self.path)
+            self.role_files = {r: self.path for r in model_files.ROLES if r != "text_encoder"}
+
+    def _open_split(self, files: "model_files.SplitFiles", where: str) -> None:
+        self.layout = "split"
+        for role, info in files.roles.items():
+            self.role_meta[role] = self._index(info.path)
+            self.role_files[role] = info.path
+        self.metadata = model_files.assembled_metadata(files)
+        # what a converted folder's config.json says, so the pipelines find the side files alike
+        self.info = {"variant": files.variant, "upsamplers": files.upsamplers, "loras": files.loras}
+        if "text_encoder" in self.role_files:
+            self.info["text_encoder"] = self.role_files["text_encoder"]
+
+    def role_path(self, role: str) -> str | None:
+        """The file of a component role, or None (a single file has no text encoder; a split
+        model may lack the duration head)."""
+        return self.role_files.get(role)
+
+    def role_metadata(self, role: str) -> dict[str, Any]:
+        """The parsed ``__metadata__`` of the role's own file (e.g. the video-VAE file's
+        ``model_version``, which the image CRF follows); a single file's metadata for every role."""
+        return self.role_meta.get(role, self.metadata)
 
     def _index(self, path: str) -> dict[str, Any]:
         header = read_safetensors_header(path)
@@ -156,15 +199,24 @@ class Checkpoint:
         self.info = info
         self.metadata = info["metadata"]
         self.quantization = info.get("quantization")
+        self.layout = info.get("layout", "single")
         for files in info["components"].values():
             for name in files:
                 self._index(os.path.join(self.path, name))
+        self.role_meta = info.get("role_metadata", {})
+        self.role_files = {r: os.path.join(self.path, f) for r, f in (info.get("role_files") or {}).items()}
+        if info.get("text_encoder"):
+            self.role_files.setdefault("text_encoder", os.path.join(self.path, info["text_encoder"]))
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r}, {len(self.shapes)} tensors)"
 
     @cached_property
     def config(self) -> LTXConfig:
+        if self.layout == "split":
+            for section in model_files.SECTION_ROLES:
+                if section not in self.metadata.get("config", {}):
+                    raise model_files.missing_section_error(self.path, section)
         return LTXConfig.from_metadata(self.metadata, source=self.path)
 
     @cached_property

@@ -58,6 +58,10 @@ def _gemma_bytes(gemma: str | os.PathLike, dtype: mx.Dtype) -> int | None:
     from .models.gemma import gemma_weight_files
 
     folder = os.fspath(gemma)
+    if os.path.isfile(folder):  # an LTX-2.5 text-encoder bundle: its language-model tensors only
+        from .models.gemma4 import language_model_tensors
+
+        return _loaded_bytes(language_model_tensors(folder), dtype)
     try:
         if not os.path.isdir(folder):
             from huggingface_hub import snapshot_download

@@ -184,8 +184,9 @@ def _gemma_widths(gemma) -> tuple[int, int]:
     """(hidden size, layers) of the text encoder; gemma-3-12b's when its config is not local."""
     try:
         from .models.gemma import read_gemma_config
+        from .models.gemma4 import read_gemma4_config
 
-        cfg = read_gemma_config(gemma)
+        cfg = read_gemma4_config(gemma) if os.path.isfile(gemma) else read_gemma_config(gemma)
         return cfg.hidden_size, cfg.num_hidden_layers
     except Exception:  # a repo id not downloaded (the text encoder's load says why if it fails)
         return GEMMA_DEFAULT_HIDDEN, GEMMA_DEFAULT_LAYERS

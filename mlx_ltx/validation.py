@@ -57,6 +57,7 @@ def _guider_labels(stream: str, modality: str) -> dict[str, str]:
 # generate()'s arguments as python -m mlx_ltx.generate names them (see Pipeline.arg_names)
 CLI_NAMES: dict[str, str] = {
     "prompt": "--prompt", "height": "--height", "width": "--width", "num_frames": "--num-frames",
+    "auto_duration": "--auto-duration",
     "fps": "--frame-rate/--fps", "seed": "--seed", "num_inference_steps": "--num-inference-steps", "images": "--image",
     "output_path": "--output", "wav_path": "--wav", "overwrite": "--overwrite", "crf_threads": "--image-crf-threads",
     **_guider_labels("video", "a2v"), **_guider_labels("audio", "v2a"),
@@ -121,6 +122,22 @@ class RequestValidation:
     def _image_label(self, i: int, img: ImageConditioningInput) -> str:
         flag = self.arg_names.get("images")
         return f"{flag} {img.path}" if flag else f"images[{i}] ({img.path})"
+
+    def check_model_pairing(self) -> None:
+        """The version checks, before anything loads: the text encoder must be the one the
+        transformer names (``_check_gemma_version``: LTX-2.5 needs its Gemma-4 bundle, 2.3 Gemma 3),
+        read from headers and config files only. A Gemma repo id not downloaded yet is checked when
+        the text encoder is built."""
+        gemma = self.gemma
+        if gemma is None or not os.path.exists(os.fspath(gemma)):
+            return
+        from .models.gemma4 import check_gemma_version
+        from .models.text_encoder import GEMMA_FAMILIES, resolve_text_encoder
+
+        path, model_type = resolve_text_encoder(gemma)
+        ckpt = self.checkpoint
+        check_gemma_version(ckpt.role_metadata("transformer"), GEMMA_FAMILIES[model_type].read_config(path),
+                            ckpt.role_path("transformer") or ckpt.path, path)
 
     def _check_fits_memory(self, num_frames: int, height: int, width: int) -> None:
         """Refuse a request the device's memory cannot hold (see ``ACTIVATION_COPIES``), saying

@@ -45,7 +45,7 @@ def test_converted_folder_loads_identically(fixture_set, tmp_path):
     assert info["sources"][0]["sha256"] == conv.sha256_file(str(fixture_set.checkpoint_path))
     assert any(len(files) > 1 for files in info["components"].values())
     for name, build in registry.builders().items():
-        if name == "upsampler":
+        if name == "upsampler" or not official.has_component(name):  # (duration_head: 2.5 only)
             continue
         a = load_component(official, name, build(official), dtype=mx.bfloat16)
         b = load_component(converted, name, build(converted), dtype=mx.bfloat16)

@@ -8,6 +8,7 @@ from __future__ import annotations
 def builders() -> dict:
     from .audio_vae import AudioDecoder, AudioEncoder
     from .connector import build_connector
+    from .duration_head import duration_head_from_metadata
     from .text_projection import text_projection_from_checkpoint
     from .transformer import LTXModel
     from .upsampler import LatentUpsampler
@@ -26,4 +27,5 @@ def builders() -> dict:
         "audio_vae_decoder": lambda c: AudioDecoder(c.config.audio_vae, c.component_shapes("audio_vae_decoder")),
         "vocoder": vocoder_from_checkpoint,
         "upsampler": lambda c: LatentUpsampler(c.upsampler_config),
+        "duration_head": lambda c: duration_head_from_metadata(c.role_metadata("duration_head")),
     }

@@ -306,16 +306,17 @@ def load_latent_statistics(checkpoint: Checkpoint | str | os.PathLike,
     strictly loaded from the main checkpoint without building the VAE: the two-stage hand-off
     needs them while the encoder itself can stay unloaded."""
     ckpt = open_checkpoint(checkpoint)
-    key = "vae.per_channel_statistics.mean-of-means"
-    if key not in ckpt.shapes:
-        raise CheckpointError(f"{ckpt.path}: missing the video VAE latent statistics {key!r}")
-    stats = PerChannelStatistics(ckpt.shapes[key][0])
-    arrays, _ = ckpt.component_weights("vae_encoder")  # lazy: only the two statistics are read
     prefix = "per_channel_statistics."
+    names = {k: v for k, v in ckpt.component_keys("vae_encoder").items() if k.startswith(prefix)}
+    key = prefix + "mean-of-means"
+    if key not in names:  # (a split video-VAE file holds them unprefixed)
+        raise CheckpointError(f"{ckpt.path}: missing the video VAE latent statistics 'vae.{key}'")
+    stats = PerChannelStatistics(ckpt.shapes[names[key]][0])
+    arrays, _ = ckpt.component_weights("vae_encoder")  # lazy: only the two statistics are read
     weights = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     # the reference casts the statistics to the build dtype like every other tensor
     return load_strict(stats, weights, source=ckpt.path, dtype=dtype,
-                       origin=lambda k: "vae.per_channel_statistics." + k)
+                       origin=lambda k: names.get(prefix + k, "vae." + prefix + k))
 
 
 def upsample_video(latent: mx.array, statistics, upsampler: LatentUpsampler) -> mx.array:
