@@ -56,6 +56,8 @@ _EPILOG = """examples:
       --image first.png 0 1.0 --image last.png 120 1.0 --output fox.mp4
   python -m mlx_ltx.generate --model ltx-2.3-dev-mlx --pipeline dev --prompt "..." \\
       --video-cfg-guidance-scale 4 --progress json --output clip.mp4 2> events.jsonl
+  python -m mlx_ltx.generate --model ltx-2.5-distilled-mlx --prompt "A red fox runs through snow" \\
+      --auto-duration 4 10 --output fox.mp4     # LTX-2.5: the length predicted from the prompt
 """
 
 
@@ -77,18 +79,19 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                                 formatter_class=_HelpFormatter)
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True,
-                       help="official .safetensors checkpoint, a convert.py folder, or the HF repo id of one "
-                            "(required)")
+                       help="official .safetensors checkpoint (LTX-2.3), a folder of the split LTX-2.5 release "
+                            "as Hugging Face lays it out, a convert.py folder, or the HF repo id of one (required)")
     model.add_argument("--pipeline", default="distilled", choices=sorted(PIPELINES, key=list(PIPELINES).index),
                        help="distilled: distilled checkpoint, 8+3 steps; dev: one guided stage at full size; "
                             "dev-two-stage: guided half-size stage + distilled-LoRA refinement; "
                             "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5")
     model.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
-                       help="Gemma-3 folder or HF repo id (default: the converted folder's text_encoder)")
+                       help="Gemma-3 folder or HF repo id (LTX-2.3), or the Gemma-4 text-encoder file (LTX-2.5) "
+                            "(default: the model folder's text encoder)")
     model.add_argument("--upsampler", "--spatial-upsampler-path", dest="upsampler", default=None,
-                       help="spatial x2 upsampler file (default: the converted folder's)")
+                       help="spatial x2 upsampler file (default: the model folder's)")
     model.add_argument("--distilled-lora", default=None,
-                       help="distilled LoRA file (default: the converted folder's)")
+                       help="distilled LoRA file (default: the model folder's)")
     prompt = p.add_argument_group("prompt")
     prompt.add_argument("--prompt", required=True, help="what the video shows and sounds like (required)")
     prompt.add_argument("--negative-prompt", default=None,
@@ -100,7 +103,12 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                       help="pixels (default: 512 for one stage, 1024 for two stages, 1088 for HQ)")
     size.add_argument("--width", type=int, default=None,
                       help="pixels (default: 768 for one stage, 1536 for two stages, 1920 for HQ)")
-    size.add_argument("--num-frames", type=int, default=None, help="8k+1 frames (default: 121)")
+    size.add_argument("--num-frames", type=int, default=None,
+                      help="8k+1 frames (default: predicted from the prompt by an LTX-2.5 model's duration head; "
+                           "121 for LTX-2.3 and older)")
+    size.add_argument("--auto-duration", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                      help="bounds in seconds of the predicted length when --num-frames is omitted (duration head "
+                           "only; default: 1 20)")
     size.add_argument("--frame-rate", "--fps", dest="frame_rate", type=float, default=None, help="(default: 24)")
     cond = p.add_argument_group("conditioning")
     cond.add_argument("--image", dest="images", action="append", nargs="+", metavar="ARG", default=[],
@@ -185,6 +193,9 @@ class _Reporter:
         self._err(f"pipeline  {st.pipeline}" + (f"  ({self.model})" if self.model else ""))
         self._err(f"video     {st.width}x{st.height}, {st.num_frames} frames at {st.fps:g} fps "
                   f"({st.num_frames / st.fps:.2f} s){', with audio' if st.audio else ', no audio'}")
+        if st.predicted_seconds is not None:
+            self._err(f"duration  predicted {st.predicted_seconds:.2f} s by the duration head, snapped to "
+                      f"{st.num_frames} frames")
         self._err(f"steps     {' + '.join(map(str, st.steps))}    seed {st.seed}")
         for name, g in (("video", st.video_guidance), ("audio", st.audio_guidance)):
             if g is not None:
@@ -299,7 +310,8 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
             num_inference_steps=args.num_inference_steps, images=images, output_path=args.output_path,
             audio=not args.no_audio, wav_path=args.wav, enhance_prompt=args.enhance_prompt,
             video_guider_params=video_params, audio_guider_params=audio_params,
-            crf_threads=args.image_crf_threads, overwrite=args.overwrite, events=reporter)
+            crf_threads=args.image_crf_threads, overwrite=args.overwrite, events=reporter,
+            auto_duration=None if args.auto_duration is None else tuple(args.auto_duration))
     finally:
         reporter.close()
     print(f"wrote {result.path} ({result.frames.shape[0]} frames {result.frames.shape[2]}x{result.frames.shape[1]}"

@@ -5,7 +5,8 @@ start and end of every phase, after every denoising step and decoded video chunk
 the first phase (``kind="settings"``, the resolved settings) and once at the end
 (``kind="summary"``, the wall time per phase and the peak memory). The phases, in order:
 
-``text_encoder`` (Gemma load), ``prompt`` (prompt encoding), ``image_encode`` (images given only),
+``text_encoder`` (Gemma load), ``prompt`` (prompt encoding), ``duration`` (the duration head, when the
+length is predicted; the settings event then follows it), ``image_encode`` (images given only),
 ``transformer`` (load), ``lora`` (a stage fusing the distilled LoRA), ``stage1`` (denoising steps),
 ``upsample``, [``lora``], ``stage2`` (two-stage pipelines), ``video_decode`` (step = frames
 decoded, per tile chunk), ``audio_decode`` (audio on only), ``write`` (output_path given only).
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 PHASE_LABELS = {
-    "text_encoder": "text encoder load", "prompt": "prompt encoding", "image_encode": "image encoding",
+    "text_encoder": "text encoder load", "prompt": "prompt encoding",
+    "duration": "duration prediction", "image_encode": "image encoding",
     "transformer": "transformer load", "lora": "LoRA fusion", "stage1": "stage 1", "stage2": "stage 2",
     "upsample": "upsampling", "video_decode": "video decode", "audio_decode": "audio decode", "write": "write",
 }
@@ -34,7 +36,8 @@ class GenerationSettings:
     frame rate, denoising steps per stage, seed (after the modulo), the guider params of the
     guided stages (None for the distilled pipeline, which has no guidance), and the memory plan:
     the transformer's memory mode, the guidance passes per transformer call, and the predicted
-    peak bytes with the phase it falls in (None when the preflight was off)."""
+    peak bytes with the phase it falls in (None when the preflight was off); ``predicted_seconds``:
+    the duration head's prediction when the frame count was predicted."""
 
     pipeline: str
     height: int
@@ -50,6 +53,8 @@ class GenerationSettings:
     passes_per_call: int | None = None
     predicted_peak: int | None = None
     predicted_peak_phase: str | None = None
+    # the duration head's raw prediction in seconds, when num_frames was predicted (auto duration)
+    predicted_seconds: float | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
