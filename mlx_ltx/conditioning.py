@@ -22,18 +22,18 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
+# DEFAULT_IMAGE_CRF: H.264 CRF of the re-compression an image goes through before encoding; the
+# models were trained on images compressed like this (from 2.4 on 18: generations.ModelKind.image_crf)
+from .guidance import DEFAULT_IMAGE_CRF
 from .latent_tools import (
     LatentState,
     VideoLatentShape,
     VideoLatentTools,
+    extend_keyframes_mask,
     get_patch_grid_bounds,
     get_pixel_coords,
     patchify_video,
 )
-
-# H.264 CRF of the re-compression an image goes through before encoding; LTX-2 and LTX-2.3 were
-# trained on images compressed like this (``DEFAULT_IMAGE_CRF``; 2.4 would use 18). 0 skips it.
-DEFAULT_IMAGE_CRF = 33
 
 
 class ConditioningError(ValueError):
@@ -110,7 +110,9 @@ class VideoConditionByKeyframeIndex:
             denoise_mask=mx.concatenate([state.denoise_mask, mask], axis=1),
             positions=mx.concatenate([state.positions, positions.astype(state.positions.dtype)], axis=2),
             clean_latent=mx.concatenate([state.clean_latent, tokens.astype(state.clean_latent.dtype)], axis=1),
-            attention_mask=attention)
+            attention_mask=attention,
+            # given content: unmarked, as the reference marks only generated keyframe slots
+            keyframes_mask=extend_keyframes_mask(state, M, marked=False))
 
 
 class ConditioningItemAttentionStrengthWrapper:
@@ -316,7 +318,7 @@ def load_image_and_preprocess(path: str | os.PathLike, height: int, width: int, 
 
 class ImageConditioningInput(NamedTuple):
     """An image to condition on: pixel frame ``frame_idx``, ``strength`` in [0, 1], and the CRF
-    it is re-compressed at (None: the model's, ``DEFAULT_IMAGE_CRF``; 0: none)."""
+    it is re-compressed at (None: the model's, ``ModelKind.image_crf``; 0: none)."""
 
     path: str
     frame_idx: int
@@ -325,13 +327,16 @@ class ImageConditioningInput(NamedTuple):
 
 
 def combined_image_conditionings(images: list[ImageConditioningInput], height: int, width: int, video_encoder,
-                                 dtype: mx.Dtype = mx.float32, crf_threads: int | None = None) -> list:
+                                 dtype: mx.Dtype = mx.float32, crf_threads: int | None = None,
+                                 default_crf: int = DEFAULT_IMAGE_CRF) -> list:
     """Each image encoded as a one-frame video: frame 0 replaces the first latent frame, any
     other frame becomes appended guiding tokens at that pixel frame. ``crf_threads``: the H.264
-    round trip's thread count (None: the reference's on this machine)."""
+    round trip's thread count (None: the reference's on this machine); ``default_crf``: the CRF of
+    images that set none (the model's: ``ImageConditioner.default_image_crf``, read from the
+    video-VAE file's version, 18 from LTX-2.4 on)."""
     items = []
     for img in images:
-        crf = DEFAULT_IMAGE_CRF if img.crf is None else img.crf
+        crf = default_crf if img.crf is None else img.crf
         latent = video_encoder(load_image_and_preprocess(img.path, height, width, crf, video_encoder.dtype,
                                                          crf_threads))
         latent = latent.astype(dtype)

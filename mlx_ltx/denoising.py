@@ -31,7 +31,7 @@ from .models.transformer_args import (
     PerturbationConfig,
     PerturbationType,
 )
-from .sampling import EulerDiffusionStep, Res2sDiffusionStep, get_res2s_coefficients
+from .sampling import EulerAncestralDiffusionStep, EulerDiffusionStep, Res2sDiffusionStep, get_res2s_coefficients
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def modality_from_latent_state(state: LatentState, context: mx.array, sigma: flo
     batch = state.latent.shape[0]
     return Modality(latent=state.latent, sigma=mx.full((batch,), sigma, dtype=mx.float32),
                     timesteps=timesteps_from_mask(state.denoise_mask, sigma), positions=state.positions,
-                    context=context, enabled=enabled, attention_mask=state.attention_mask)
+                    context=context, enabled=enabled, attention_mask=state.attention_mask,
+                    keyframes_mask=state.keyframes_mask)
 
 
 def _tile(x: mx.array | None, n: int, cache: ArrayCache | None = None) -> mx.array | None:
@@ -81,7 +82,8 @@ def _repeat_state(state: LatentState, n: int, cache: ArrayCache | None = None) -
         return state
     return replace(state, latent=_tile(state.latent, n), denoise_mask=_tile(state.denoise_mask, n, cache),
                    positions=_tile(state.positions, n, cache), clean_latent=_tile(state.clean_latent, n, cache),
-                   attention_mask=_tile(state.attention_mask, n, cache))
+                   attention_mask=_tile(state.attention_mask, n, cache),
+                   keyframes_mask=_tile(state.keyframes_mask, n, cache))
 
 
 Pass = tuple[str, mx.array | None, mx.array | None, PerturbationConfig]
@@ -267,6 +269,42 @@ def euler_denoising_loop(model, video_state: LatentState | None, audio_state: La
     return states[0], states[1]
 
 
+def euler_ancestral_denoising_loop(model, video_state: LatentState | None, audio_state: LatentState | None, sigmas,
+                                   denoiser: Denoiser, stepper: EulerAncestralDiffusionStep,
+                                   on_step: OnStep | None = None) -> tuple[LatentState | None, LatentState | None]:
+    """``euler_ancestral_denoising_loop``: per step the x0 blended with the mask (float32), then at
+    a non-final step one noise draw per stream (video first) and the ancestral step, blended with the
+    mask again; the final step (σ_next = 0) takes the blended x0. States keep their dtype (the
+    reference's ``model_dtype``) between steps."""
+    if stepper.eta > 0 and stepper.noise is None:
+        raise ValueError("the ancestral loop needs the stepper's noise source")
+    s = sigmas.tolist() if isinstance(sigmas, mx.array) else list(sigmas)
+    states = [video_state, audio_state]
+    for i in range(len(s) - 1):
+        results = denoiser(model, states[0], states[1], s[i], i)
+        terminal = s[i + 1] == 0
+        for k, modality in ((0, "video"), (1, "audio")):
+            den = _denoised(results[k])
+            st = states[k]
+            if st is None or den is None:
+                continue
+            den = post_process_latent(den.astype(mx.float32), st.denoise_mask, st.clean_latent)
+            if terminal:
+                states[k] = replace(st, latent=den.astype(st.latent.dtype))
+                continue
+            noise = stepper.noise(tuple(st.latent.shape), st.latent.dtype, modality) if stepper.eta > 0 else None
+            x_next = stepper.step(st.latent.astype(mx.float32), den, s, i, noise)
+            if noise is not None:
+                x_next = post_process_latent(x_next, st.denoise_mask, st.clean_latent)
+            states[k] = replace(st, latent=x_next.astype(st.latent.dtype))
+        mx.eval([st.latent for st in states if st is not None])
+        if on_step is not None:
+            on_step(i, states[0], states[1])
+        if terminal:
+            break
+    return states[0], states[1]
+
+
 _HP = mx.float64  # res_2s update math, as the reference on CPU/CUDA; MLX has float64 on the CPU stream only
 
 
@@ -356,16 +394,20 @@ def res2s_denoising_loop(model, video_state: LatentState | None, audio_state: La
 
 
 def denoise_loop(model, video_state: LatentState | None, audio_state: LatentState | None, sigmas,
-                 denoiser: Denoiser, stepper: EulerDiffusionStep | Res2sDiffusionStep | None = None,
+                 denoiser: Denoiser,
+                 stepper: EulerDiffusionStep | EulerAncestralDiffusionStep | Res2sDiffusionStep | None = None,
                  on_step: OnStep | None = None) -> tuple[LatentState | None, LatentState | None]:
     """The one loop entry of every pipeline stage: the step type picks the loop (Euler by default).
     The model's cached RoPE tables and masks are this stage's: dropped when it ends."""
     if stepper is None or isinstance(stepper, EulerDiffusionStep):
         loop = euler_denoising_loop
+    elif isinstance(stepper, EulerAncestralDiffusionStep):
+        loop = euler_ancestral_denoising_loop
     elif isinstance(stepper, Res2sDiffusionStep):
         loop = res2s_denoising_loop
     else:
-        raise ValueError(f"unsupported stepper {type(stepper).__name__}; use EulerDiffusionStep or Res2sDiffusionStep")
+        raise ValueError(f"unsupported stepper {type(stepper).__name__}; use EulerDiffusionStep, "
+                         f"EulerAncestralDiffusionStep or Res2sDiffusionStep")
     try:
         return loop(model, video_state, audio_state, sigmas, denoiser, stepper, on_step)
     finally:

@@ -45,6 +45,9 @@ class LatentState:
     clean_latent: mx.array
     attention_mask: mx.array | None = None
     frozen: bool = False
+    # [B,T,1]: 1 on tokens whose latent encodes a single pixel frame (the first latent frame); the
+    # transformer adds its keyframe embedding there (LTX-2.5), models without one ignore it
+    keyframes_mask: mx.array | None = None
 
     def replace(self, **changes) -> LatentState:
         return replace(self, **changes)
@@ -180,12 +183,24 @@ def _check_initial(initial_latent: mx.array | None, expected: tuple[int, ...]) -
         raise ValueError(f"initial latent shape {tuple(initial_latent.shape)} != target shape {tuple(expected)}")
 
 
+def extend_keyframes_mask(state: LatentState, num_new_tokens: int, marked: bool = False) -> mx.array | None:
+    """``extend_keyframes_mask``: the mask over ``num_new_tokens`` appended tokens. Given content
+    (image guiding tokens, reference latents) is never marked; None stays None when unmarked."""
+    existing = state.keyframes_mask
+    if existing is None and not marked:
+        return None
+    if existing is None:
+        existing = mx.zeros_like(state.denoise_mask)
+    pad = (mx.ones if marked else mx.zeros)((existing.shape[0], num_new_tokens, existing.shape[2]), existing.dtype)
+    return mx.concatenate([existing, pad], axis=1)
+
+
 def _clear_conditioning(state: LatentState, num_tokens: int) -> LatentState:
     """Keep the first ``num_tokens`` (the target grid); conditioning items only ever append."""
     B = state.latent.shape[0]
     return replace(state, latent=state.latent[:, :num_tokens], denoise_mask=mx.ones((B, num_tokens, 1), mx.float32),
                    positions=state.positions[:, :, :num_tokens], clean_latent=state.clean_latent[:, :num_tokens],
-                   attention_mask=None)
+                   attention_mask=None, keyframes_mask=None)
 
 
 @dataclass(frozen=True)
@@ -224,11 +239,20 @@ class VideoLatentTools:
     def create_initial_state(self, dtype: mx.Dtype = mx.float32,
                              initial_latent: mx.array | None = None) -> LatentState:
         """Tokens of ``initial_latent`` (zeros without one) as both ``latent`` and ``clean_latent``,
-        ``denoise_mask`` 1 (float32), positions of the grid."""
+        ``denoise_mask`` 1 (float32), positions of the grid, and the first latent frame's tokens
+        marked in ``keyframes_mask``: the causal encoder gives that frame one pixel frame, every
+        later one ``t_scale``; the reference marks it always (``_first_frame_keyframes_mask``)."""
         s = self.target_shape
         if initial_latent is None:
             initial_latent = mx.zeros((s.batch, s.channels, s.frames, s.height, s.width), dtype=dtype)
-        return _initial_state(self.patchify(initial_latent), self.positions())
+        state = _initial_state(self.patchify(initial_latent), self.positions())
+        per_frame = s.height * s.width
+        marks = (mx.arange(state.latent.shape[1]) < per_frame).astype(mx.float32)
+        return replace(state, keyframes_mask=mx.broadcast_to(marks[None, :, None], state.denoise_mask.shape))
+
+    @property
+    def tokens_per_latent_frame(self) -> int:
+        return self.target_shape.height * self.target_shape.width
 
     def clear_conditioning(self, state: LatentState) -> LatentState:
         """Drop appended guiding tokens and the attention mask; mask back to 1."""

@@ -39,6 +39,9 @@ from .guidance import (
 )
 from .latent_tools import AudioLatentTools, VideoLatentTools, noise_state
 from .sampling import (
+    ANCESTRAL_NOISE_SEED_OFFSET,
+    AncestralNoiseFn,
+    EulerAncestralDiffusionStep,
     EulerDiffusionStep,
     LTX2Scheduler,
     NoiseFn,
@@ -63,6 +66,7 @@ class DenoiserKind(Enum):
 
 class Stepper(Enum):
     EULER = "euler"
+    EULER_ANCESTRAL = "euler-ancestral"  # eta 1, s_noise 1 (DistilledPipeline stage 1 from 2.5)
     RES2S = "res2s"
 
 
@@ -78,6 +82,9 @@ class StageSpec:
     stepper: Stepper = Stepper.EULER
     distilled_lora: float | None = None
     keeps_audio: bool = False
+    # (model version, stepper) rows, newest first: a checkpoint at or above a version samples the
+    # stage with that row's stepper instead (resolved by PipelineSpec.for_version)
+    stepper_since: tuple[tuple[tuple[int, ...], Stepper], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,15 @@ class PipelineSpec:
     def audio_stage(self) -> int:
         return max(i for i, s in enumerate(self.stages) if s.keeps_audio)
 
+    def for_version(self, version: tuple[int, ...]) -> PipelineSpec:
+        """The spec as a checkpoint of ``version`` runs it: each stage's ``stepper_since`` resolved."""
+        def resolve(stage: StageSpec) -> StageSpec:
+            for since, stepper in stage.stepper_since:
+                if version >= since:
+                    return replace(stage, stepper=stepper, stepper_since=())
+            return replace(stage, stepper_since=())
+        return replace(self, stages=tuple(resolve(s) for s in self.stages))
+
     def params(self, detected: PipelineParams) -> PipelineParams:
         """Default steps and guider params: the checkpoint generation's (``detect_params``), or HQ's."""
         return LTX_2_3_HQ_PARAMS if self.hq_params else detected
@@ -115,8 +131,9 @@ class PipelineSpec:
 _S = SigmaSource
 _D = DenoiserKind
 # DistilledPipeline: the stage-2 audio is refined and kept
+# (from LTX-2.5 its stage 1 is ancestral: ANCESTRAL_SAMPLER_SINCE_VERSION in distilled.py)
 DISTILLED = PipelineSpec("distilled", (
-    StageSpec(2, _S.DISTILLED, _D.SIMPLE),
+    StageSpec(2, _S.DISTILLED, _D.SIMPLE, stepper_since=(((2, 5), Stepper.EULER_ANCESTRAL),)),
     StageSpec(1, _S.STAGE_2, _D.SIMPLE, keeps_audio=True)))
 # TI2VidOneStagePipeline
 DEV = PipelineSpec("dev", (StageSpec(1, _S.SCHEDULER, _D.GUIDED_FACTORY, keeps_audio=True),))
@@ -162,7 +179,13 @@ class SeededNoise:
     stage 2, then the decoder) is the reference's. Drawn in the state's dtype, as the noiser."""
 
     def __init__(self, seed: int):
-        self._key = mx.random.key(seed)
+        self.seed = seed
+        self._key = mx.random.key(seed % 2**64)
+
+    def offset(self, n: int) -> SeededNoise:
+        """A separate stream seeded ``seed + n`` (the reference's extra generators: the ancestral
+        loop's seed + 10000)."""
+        return SeededNoise(self.seed + n)
 
     def __call__(self, shape: tuple[int, ...], dtype: mx.Dtype, label: str) -> mx.array:
         self._key, sub = mx.random.split(self._key)
@@ -213,9 +236,19 @@ def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModal
                           MultiModalGuider(audio_params, contexts.audio_negative), max_batch_size=max_batch_size)
 
 
-def make_stepper(stage: StageSpec, sde_noise: NoiseFn | None = None):
+def ancestral_noise(noise: NoiseProvider, index: int) -> AncestralNoiseFn:
+    """The ancestral loop's draws: a fresh stream seeded seed + 10000 per loop call for a seeded
+    generation, as the reference's loop generator; an injected provider is asked with labels
+    ``stage{k}.ancestral.{video|audio}`` in the order the loop consumes them."""
+    source = noise.offset(ANCESTRAL_NOISE_SEED_OFFSET) if isinstance(noise, SeededNoise) else noise
+    return lambda shape, dtype, modality: source(shape, dtype, f"stage{index + 1}.ancestral.{modality}")
+
+
+def make_stepper(stage: StageSpec, sde_noise: NoiseFn | None = None, ancestral: AncestralNoiseFn | None = None):
     if stage.stepper is Stepper.EULER:
         return EulerDiffusionStep()
+    if stage.stepper is Stepper.EULER_ANCESTRAL:
+        return EulerAncestralDiffusionStep(eta=1.0, s_noise=1.0, noise=ancestral)
     # HQ passes no noise_seed: the reference's fixed default seeds, restarted in every stage
     return Res2sDiffusionStep(new_noise=sde_noise)
 
@@ -240,8 +273,8 @@ def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: 
         drawn = noise(tuple(state.latent.shape), state.latent.dtype, f"stage{index + 1}.{name}")
         states.append(noise_state(state, drawn, noise_scale))
     denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size)
-    video, audio = denoise_loop(model, states[0], states[1], sigmas, denoiser, make_stepper(stage, sde_noise),
-                                on_step=on_step)
+    stepper = make_stepper(stage, sde_noise, ancestral_noise(noise, index))
+    video, audio = denoise_loop(model, states[0], states[1], sigmas, denoiser, stepper, on_step=on_step)
     return StageOutput(video_tools.unpatchify(video_tools.clear_conditioning(video).latent),
                        audio_tools.unpatchify(audio_tools.clear_conditioning(audio).latent))
 

@@ -28,8 +28,16 @@ import mlx.core as mx
 import numpy as np
 
 from .conditioning import ImageConditioningInput, combined_image_conditionings
-from .guidance import DEFAULT_NEGATIVE_PROMPT, MultiModalGuiderParams, detect_params, parse_model_version
+from .generations import check_buildable, check_lora_generation, describe
+from .guidance import DEFAULT_NEGATIVE_PROMPT, MultiModalGuiderParams
 from .loading import Checkpoint
+from .model_files import RELEASE_NAMES
+from .models.duration_head import (
+    AUTO_DURATION_MAX_SECONDS,
+    AUTO_DURATION_MIN_SECONDS,
+    resolve_num_frames,
+    validate_auto_duration,
+)
 from .media import fit_audio_to_video, write_video
 from .pipeline_stages import (
     PIPELINES,
@@ -112,13 +120,17 @@ class Pipeline(RequestValidation, PipelineDecoding):
             low_memory = need is None or need > self.memory_budget // 2
         #: the resolved policy: True = models are released after use (every call reloads them)
         self.low_memory = bool(low_memory)
-        self.params = spec.params(detect_params(checkpoint))
-        version = checkpoint.metadata.get("model_version")
-        if spec.name == "distilled" and parse_model_version(None if version is None else str(version)) >= (2, 5):
-            # DistilledPipeline switches stage 1 to its ancestral Euler sampler from 2.5 on
-            raise ValueError(f"{checkpoint.path}: model_version {version} samples the distilled stage 1 with the "
-                             f"ancestral Euler sampler, which is not ported; LTX 2.0-2.4 checkpoints are supported")
+        #: what the checkpoint is (generation, decoder kind, text encoder, duration head), from its files
+        self.kind = describe(checkpoint)
+        check_buildable(self.kind, checkpoint)
+        self.check_model_pairing()
+        # a stage's sampler may depend on the generation (the distilled stage 1 is ancestral from 2.5)
+        self.spec = spec.for_version(self.kind.version)
+        self.params = self.spec.params(self.kind.params)
         self._text_encoder = None
+        self._duration_head = None
+        #: the last predicted length (``duration_head.FrameCount``: seconds, frames, bounds), or None
+        self.last_duration = None
         self._transformer = None
         self._video_encoder = None
         self._upsampler = None
@@ -154,9 +166,11 @@ class Pipeline(RequestValidation, PipelineDecoding):
         if pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
         spec = PIPELINES[pipeline]
-        ckpt = Checkpoint(model)
+        wanted = "distilled" if pipeline == "distilled" else "dev"
+        # a split folder may hold both transformers: the pipeline picks the one named for it
+        ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model, variant=wanted)
         info = getattr(ckpt, "info", None) or {}
-        variant, wanted = info.get("variant"), "distilled" if pipeline == "distilled" else "dev"
+        variant = info.get("variant")
         if variant is not None and variant != wanted:
             fits = "distilled" if variant == "distilled" else "dev, dev-two-stage or dev-two-stage-hq"
             raise ValueError(f"pipeline {pipeline!r} (--pipeline) needs a {wanted} checkpoint, but {ckpt.path} was "
@@ -164,6 +178,9 @@ class Pipeline(RequestValidation, PipelineDecoding):
                              f"converted with --variant {wanted}")
         if gemma is None and info.get("text_encoder"):
             gemma = os.path.join(ckpt.path, info["text_encoder"])
+        if gemma is None and ckpt.layout == "split":
+            raise ValueError(f"{ckpt.path} holds no text encoder file: add the release's {RELEASE_NAMES['text_encoder']}"
+                             f" to it, or pass gemma= (--gemma) with that file")
         if gemma is None:
             raise ValueError(f"{ckpt.path} holds no text encoder: pass gemma= (--gemma), a Gemma-3 folder or "
                              f"HF repo id such as google/gemma-3-12b-it-qat-q4_0-unquantized")
@@ -178,6 +195,9 @@ class Pipeline(RequestValidation, PipelineDecoding):
         for what, path in (("upsampler", upsampler), ("distilled LoRA", distilled_lora)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"{what} file not found: {path}")
+        if distilled_lora is not None and spec.needs_distilled_lora:
+            check_lora_generation(describe(ckpt), distilled_lora,
+                                  Checkpoint(distilled_lora).metadata)
         if spec.two_stage:
             _check_x2_upsampler(upsampler)
         return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
@@ -343,7 +363,8 @@ class Pipeline(RequestValidation, PipelineDecoding):
         for stage in self.spec.stages:
             h, w = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
             if images:
-                items = combined_image_conditionings(images, h, w, self.video_encoder(), self.dtype, crf_threads)
+                items = combined_image_conditionings(images, h, w, self.video_encoder(), self.dtype, crf_threads,
+                                                     default_crf=self.kind.image_crf)
                 mx.eval([getattr(i, "latent", getattr(i, "keyframes", None)) for i in items])
             else:
                 items = []
@@ -362,10 +383,16 @@ class Pipeline(RequestValidation, PipelineDecoding):
                  video_guider_params: MultiModalGuiderParams | None = None,
                  audio_guider_params: MultiModalGuiderParams | None = None, progress=None,
                  noise: NoiseProvider | None = None, sde_noise=None, crf_threads: int | None = None,
-                 overwrite: bool = False, events: Callable[[ProgressEvent], None] | None = None
-                 ) -> GenerationResult:
+                 overwrite: bool = False, events: Callable[[ProgressEvent], None] | None = None,
+                 auto_duration: tuple[float, float] | None = None) -> GenerationResult:
         """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
         when given. Sizes default to the reference's (final size for two-stage pipelines).
+
+        ``num_frames`` None: a checkpoint with a duration head (LTX-2.5) predicts the length from the
+        prompt, snapped to 8k+1 within ``auto_duration`` = (min, max) seconds (default 1 to 20, the
+        reference's ``AutoDuration``); the prompt is then encoded before the memory plan. Without a
+        duration head, a generation that ships one (2.5) needs ``num_frames``; older ones default to
+        their 121 frames.
         ``progress(stage, step, steps)`` is called after every denoising step; ``events(event)``
         with a :class:`~mlx_ltx.progress.ProgressEvent` at every phase's start and end, every step
         and decoded chunk, and once for the resolved settings and the final summary (see
@@ -385,8 +412,11 @@ class Pipeline(RequestValidation, PipelineDecoding):
         div = 2 if self.spec.two_stage else 1
         height = p.stage_1_height * div if height is None else height
         width = p.stage_1_width * div if width is None else width
-        num_frames = p.num_frames if num_frames is None else num_frames
         fps = p.frame_rate if fps is None else fps
+        auto = self._auto_duration_bounds(num_frames, auto_duration, fps)
+        if num_frames is None:
+            # auto: checked with the shortest clip the bounds allow, again once the length is known
+            num_frames = p.num_frames if auto is None else resolve_num_frames(auto[0], fps, *auto).num_frames
         if seed is not None and not _is_int(seed):
             raise ValueError(f"{self._name('seed')} must be an integer; got {seed!r}")
         seed = p.seed if seed is None else int(seed) % SEED_MODULUS
@@ -396,23 +426,31 @@ class Pipeline(RequestValidation, PipelineDecoding):
                              "is not supported: drop enhance_prompt (--enhance-prompt) or the images")
         if wav_path is not None and not audio:
             raise ValueError("wav_path needs the audio: drop audio=False (--no-audio)")
-        self.check_request(num_frames, height, width, fps, images, num_inference_steps)
+        # auto: the images' frame indices are checked once the length is known
+        self.check_request(num_frames, height, width, fps, [] if auto else images, num_inference_steps)
         self.validate(prompt, images=images, output_path=output_path, wav_path=wav_path, overwrite=overwrite,
                       video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
                       crf_threads=crf_threads)
         fps = float(fps)
-        plan = plan_memory(self, height, width, num_frames, fps, audio, self.memory, self.preflight)
-        settings = self.resolved_settings(height, width, num_frames, fps, seed, num_inference_steps,
-                                          video_guider_params, audio_guider_params, audio, plan)
         mx.reset_peak_memory()
         self._tracker = tracker = Tracker(events)
-        self._plan = plan
         try:
+            contexts = None
+            if auto is not None:  # the duration head reads the positive prompt's contexts
+                contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
+                num_frames = self.predict_num_frames(contexts, fps, auto)
+                self.check_request(num_frames, height, width, fps, images, num_inference_steps)
+            plan = plan_memory(self, height, width, num_frames, fps, audio, self.memory, self.preflight)
+            settings = self.resolved_settings(height, width, num_frames, fps, seed, num_inference_steps,
+                                              video_guider_params, audio_guider_params, audio, plan)
+            if auto is not None:
+                settings = dataclasses.replace(settings, predicted_seconds=self.last_duration.seconds)
+            self._plan = plan
             tracker.settings(settings)
             result = self._generate(prompt, negative_prompt, height, width, num_frames, fps, seed,
                                     num_inference_steps, images, output_path, audio, wav_path, enhance_prompt,
                                     video_guider_params, audio_guider_params, progress, noise, sde_noise,
-                                    crf_threads)
+                                    crf_threads, contexts)
             tracker.end()
             result = dataclasses.replace(result, settings=settings, phase_times=dict(tracker.phase_times),
                                          phase_peaks=dict(tracker.phase_peaks), total_time=tracker.total_time,
@@ -422,6 +460,48 @@ class Pipeline(RequestValidation, PipelineDecoding):
             self._tracker = None
             self._plan = None
         return result
+
+    def _auto_duration_bounds(self, num_frames: int | None, auto_duration, fps) -> tuple[float, float] | None:
+        """The (min, max) seconds of an automatic length, or None for an explicit / default one."""
+        if num_frames is not None:
+            if auto_duration is not None:
+                raise ValueError(f"give either {self._name('num_frames')} or {self._name('auto_duration')}, not both")
+            return None
+        if auto_duration is None and not self.kind.has_duration_head and not self.kind.ships_duration_head:
+            return None  # 2.3 and older: the generation's default length
+        if not self.kind.has_duration_head:
+            raise ValueError(f"{self.checkpoint.path} has no duration head, so the clip length cannot be predicted: "
+                             f"pass {self._name('num_frames')} (8k+1), or add the release's "
+                             f"{RELEASE_NAMES['duration_head']} to the model folder")
+        try:
+            lo, hi = (AUTO_DURATION_MIN_SECONDS, AUTO_DURATION_MAX_SECONDS) if auto_duration is None \
+                else (float(auto_duration[0]), float(auto_duration[1]))
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(f"{self._name('auto_duration')} must be (min_seconds, max_seconds); "
+                             f"got {auto_duration!r}") from None
+        validate_auto_duration(lo, hi)
+        return lo, hi
+
+    def duration_head(self):
+        if self._duration_head is None:
+            from .models.duration_head import load_duration_head
+
+            self._duration_head = load_duration_head(self.checkpoint.role_path("duration_head"), dtype=self.dtype)
+        return self._duration_head
+
+    def predict_num_frames(self, contexts: Contexts, fps: float, bounds: tuple[float, float]) -> int:
+        """``DurationPredictor`` + ``resolve_num_frames``: the positive prompt's contexts -> seconds
+        -> a frame count (8k+1) within ``bounds`` seconds; the head is dropped afterwards."""
+        with self._phase("duration"):
+            seconds = self.duration_head().predict_seconds(contexts.video, contexts.audio)
+            self._duration_head = None
+        self.last_duration = resolve_num_frames(seconds, fps, *bounds)
+        n = self.last_duration.num_frames
+        t = self.config.vae.scale_factors[0]
+        if (n - 1) % t:  # the reference caps at the maximum even off the grid; the model needs tk+1
+            raise ValueError(f"{self._name('auto_duration')} {bounds[0]:g} to {bounds[1]:g} s at {fps:g} fps holds no "
+                             f"{t}k+1 frame count (got {n}); widen it or pass {self._name('num_frames')}")
+        return n
 
     def resolved_settings(self, height: int, width: int, num_frames: int, fps: float, seed: int,
                           num_inference_steps: int | None = None,
@@ -445,8 +525,9 @@ class Pipeline(RequestValidation, PipelineDecoding):
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, fps, seed, num_inference_steps, images,
                   output_path, audio, wav_path, enhance_prompt, video_guider_params, audio_guider_params, progress,
-                  noise, sde_noise, crf_threads) -> GenerationResult:
-        contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
+                  noise, sde_noise, crf_threads, contexts: Contexts | None = None) -> GenerationResult:
+        if contexts is None:
+            contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
         noise = SeededNoise(seed) if noise is None else noise
         video_latent, audio_latent = self.denoise(
             contexts, num_frames, height, width, fps, images=images, steps=num_inference_steps,

@@ -102,6 +102,46 @@ class EulerDiffusionStep:
         return (sample.astype(mx.float32) + velocity.astype(mx.float32) * float(dt)).astype(sample.dtype)
 
 
+# DistilledPipeline: the ancestral loop's generator is seeded seed + 10000, so its first draw is not
+# the initial latent noise again (both would be randn of one shape from a fresh generator)
+ANCESTRAL_NOISE_SEED_OFFSET = 10000
+# (shape, dtype, modality "video" | "audio") -> noise
+AncestralNoiseFn = Callable[[tuple[int, ...], mx.Dtype, str], mx.array]
+
+
+@dataclass(frozen=True)
+class EulerAncestralDiffusionStep:
+    """Ancestral (SDE) Euler for rectified flow (``EulerAncestralDiffusionStep``), driven by
+    ``denoising.euler_ancestral_denoising_loop``: a deterministic step to σ_down ≤ σ_next, then
+    re-noised up to σ_next with the signal rescaled by α_next/α_down (α = 1 − σ), so the step stays
+    variance preserving; eta 0 is plain Euler, eta 1 (the distilled stage 1 from LTX-2.5) fully
+    ancestral. ``noise`` gives the loop's draws, video before audio at every non-final step."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+    noise: AncestralNoiseFn | None = None
+
+    def step(self, sample: mx.array, denoised_sample: mx.array, sigmas, step_index: int,
+             noise: mx.array | None = None) -> mx.array:
+        s = _host_sigmas(sigmas)
+        sigma, sigma_next = s[step_index], s[step_index + 1]
+        if sigma_next == 0:
+            return denoised_sample.astype(sample.dtype)
+        if self.eta > 0 and noise is None:
+            raise ValueError("EulerAncestralDiffusionStep needs a noise tensor when eta > 0")
+        one, f32 = np.float32(1.0), np.float32
+        # the reference's coefficient arithmetic is on 0-d float32 tensors: the same on the host
+        sigma_down = sigma_next * (one + (sigma_next / sigma - one) * f32(self.eta))
+        ratio = sigma_down / sigma
+        x = sample.astype(mx.float32)
+        x_next = float(ratio) * x + float(one - ratio) * denoised_sample.astype(mx.float32)
+        if self.eta > 0:
+            alpha_next, alpha_down = one - sigma_next, one - sigma_down
+            renoise = np.sqrt(max(sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2, f32(0.0)), dtype=f32)
+            x_next = float(alpha_next / alpha_down) * x_next + noise.astype(mx.float32) * self.s_noise * float(renoise)
+        return x_next.astype(sample.dtype)
+
+
 def phi(j: int, neg_h: float) -> float:
     """φⱼ(z) = (eᶻ − Σ_{k<j} zᵏ/k!) / zʲ, with the Taylor limit 1/j! at z ≈ 0."""
     if abs(neg_h) < 1e-10:

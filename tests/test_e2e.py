@@ -28,13 +28,14 @@ E2E = ("distilled", "dev", "dev-two-stage", "dev-two-stage-hq")
 class ReferenceDraws:
     """The reference's recorded draws (``<pipeline>.draw<k>.<site>``), handed out per site in the
     order it made them: ``noiser`` for the stage noise, ``decoder`` for the decoder's per-tile
-    noise, ``sde`` for res_2s; a shape that differs from the recorded one fails at once."""
+    noise, ``sde`` for res_2s, ``ancestral`` for the ancestral loop (LTX-2.5's distilled stage 1);
+    a shape that differs from the recorded one fails at once."""
 
-    def __init__(self, g: dict, pipeline: str, sites=("noiser", "decoder", "sde")):
+    def __init__(self, g: dict, pipeline: str, sites=("noiser", "decoder", "sde", "ancestral")):
         prefix = f"{pipeline}.draw"
         draws = sorted((int(k[len(prefix):].split(".")[0]), k.rsplit(".", 1)[1], k) for k in g if k.startswith(prefix))
         assert [i for i, _, _ in draws] == list(range(len(draws))), "draw indices are not contiguous"
-        self.queues = {s: deque() for s in ("noiser", "decoder", "sde")}
+        self.queues = {s: deque() for s in ("noiser", "decoder", "sde", "ancestral")}
         for _, site, key in draws:
             if site in sites:
                 self.queues[site].append(g[key])
@@ -46,7 +47,8 @@ class ReferenceDraws:
         return n
 
     def __call__(self, shape, dtype, label):
-        return mx.array(self._pop("decoder" if label == "decoder" else "noiser", shape)).astype(dtype)
+        site = "decoder" if label == "decoder" else "ancestral" if ".ancestral." in label else "noiser"
+        return mx.array(self._pop(site, shape)).astype(dtype)
 
     def sde(self, stage_index: int):
         return lambda shape, kind: mx.array(self._pop("sde", shape).astype(np.float64))
@@ -91,13 +93,12 @@ def request(fixture_set, name: str, meta: dict) -> dict:
     return kw
 
 
-@pytest.mark.parametrize("name", E2E)
-def test_pipeline_matches_reference_pipeline_class(fixture_set, name):
-    g, meta = e2e(fixture_set)
+def whole_pipeline_errors(fs, name: str, pipe: Pipeline, g: dict, meta: dict) -> dict[str, float]:
+    """``pipe.generate`` with the reference's draws replayed: relative errors of the final latents,
+    the decoded frames and the waveform (also used by the LTX-2.5 test)."""
     p = f"{name}."
-    pipe = make_pipeline(fixture_set, name, meta)
     draws = ReferenceDraws(g, name)
-    result = pipe.generate(meta["prompt"], noise=draws, sde_noise=draws.sde, **request(fixture_set, name, meta))
+    result = pipe.generate(meta["prompt"], noise=draws, sde_noise=draws.sde, **request(fs, name, meta))
     assert draws.left() == {}, f"the reference drew more than the port: {draws.left()}"
     errors = {"video latent": rel_err(result.video_latent, g[p + "decode.video.latent"]),
               "audio latent": rel_err(result.audio_latent, g[p + "decode.audio.latent"])}
@@ -115,7 +116,14 @@ def test_pipeline_matches_reference_pipeline_class(fixture_set, name):
     errors["waveform"] = rel_err(wave, g[p + "out.waveform"])
     n = min(wave.shape[1], result.audio.shape[1])
     assert np.array_equal(result.audio[:, :n], wave[:, :n])  # generate's audio: the same, fitted to the video
-    print(f"\n{fixture_set.path.name} {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    print(f"\n{fs.path.name} {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    return errors
+
+
+@pytest.mark.parametrize("name", E2E)
+def test_pipeline_matches_reference_pipeline_class(fixture_set, name):
+    g, meta = e2e(fixture_set)
+    errors = whole_pipeline_errors(fixture_set, name, make_pipeline(fixture_set, name, meta), g, meta)
     assert max(errors.values()) <= TOL_LOOP, errors
 
 
@@ -130,20 +138,17 @@ def test_prompt_contexts_match_reference(fixture_set):
         assert rel_err(audio, g[f"dev.ctx{i}.audio"]) <= TOL_F32
 
 
-@pytest.mark.parametrize("name", E2E)
-def test_stage_outputs_match_reference(fixture_set, name):
-    """Each stage's output and the upsampled hand-off, from the reference's contexts: where a
-    whole-pipeline difference starts."""
+def stage_output_errors(fs, name: str, pipe: Pipeline, g: dict, meta: dict) -> dict[str, float]:
+    """Each stage's output and the upsampled hand-off, from the reference's contexts, with its
+    stage draws replayed: where a whole-pipeline difference starts."""
     from mlx_ltx.pipeline_stages import Contexts
 
-    g, meta = e2e(fixture_set)
     p = f"{name}."
-    pipe = make_pipeline(fixture_set, name, meta)
-    kw = request(fixture_set, name, meta)
+    kw = request(fs, name, meta)
     ctx = [mx.array(g[p + "ctx0.video"]), mx.array(g[p + "ctx0.audio"])]
     if PIPELINES[name].guided:
         ctx += [mx.array(g[p + "ctx1.video"]), mx.array(g[p + "ctx1.audio"])]
-    draws = ReferenceDraws(g, name, sites=("noiser", "sde"))
+    draws = ReferenceDraws(g, name, sites=("noiser", "sde", "ancestral"))
     trace = StageTrace([], [])
     pipe.denoise(Contexts(*ctx), kw["num_frames"], kw["height"], kw["width"], kw["fps"], images=kw["images"],
                  steps=kw.get("num_inference_steps"), video_guider_params=kw.get("video_guider_params"),
@@ -155,7 +160,14 @@ def test_stage_outputs_match_reference(fixture_set, name):
         errors[f"stage{j} audio"] = rel_err(out.audio_latent, g[p + f"stage{j}.audio.latent"])
     if trace.upscaled is not None:
         errors["upscaled"] = rel_err(trace.upscaled, g[p + "upscaled.video.latent"])
-    print(f"\n{fixture_set.path.name} {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    print(f"\n{fs.path.name} {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    return errors
+
+
+@pytest.mark.parametrize("name", E2E)
+def test_stage_outputs_match_reference(fixture_set, name):
+    g, meta = e2e(fixture_set)
+    errors = stage_output_errors(fixture_set, name, make_pipeline(fixture_set, name, meta), g, meta)
     assert max(errors.values()) <= TOL_LOOP, errors
 
 

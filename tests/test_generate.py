@@ -174,10 +174,14 @@ def test_input_errors(setup):
         Pipeline.from_pretrained(setup["model"], "dev-two-stage", gemma=setup["gemma"], upsampler=setup["upsampler"])
     with pytest.raises(ValueError, match="needs the spatial x2 upsampler"):
         Pipeline.from_pretrained(setup["model"], "distilled", gemma=setup["gemma"])
+    # from 2.5 the distilled stage 1 is ancestral Euler (the version is the transformer file's)
     ckpt = Checkpoint(setup["model"])
     ckpt.metadata = {**ckpt.metadata, "model_version": "2.5.0"}
-    with pytest.raises(ValueError, match="model_version 2.5.0 .* ancestral"):
-        Pipeline(PIPELINES["distilled"], ckpt, setup["gemma"], setup["upsampler"])
+    steppers = [s.stepper.name for s in Pipeline(PIPELINES["distilled"], ckpt, setup["gemma"],
+                                                 setup["upsampler"]).spec.stages]
+    assert steppers == ["EULER_ANCESTRAL", "EULER"]
+    assert [s.stepper.name for s in Pipeline(PIPELINES["distilled"], Checkpoint(setup["model"]), setup["gemma"],
+                                             setup["upsampler"]).spec.stages] == ["EULER", "EULER"]
     with pytest.raises(ValueError, match="unknown pipeline"):
         Pipeline.from_pretrained(setup["model"], "keyframes", gemma=setup["gemma"])
 

@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..config import ConfigError, TransformerConfig
+from ..config import TransformerConfig
 from ..loading import Checkpoint, load_component, open_checkpoint
 from .adaln import AdaLayerNormSingle, adaln_embedding_coefficient
 from .block_streaming import BLOCK_PREFIX, BlockStreamer
@@ -194,9 +194,6 @@ class LTXModel(nn.Module):
     def __init__(self, config: TransformerConfig, caption_channels: int | None = None):
         super().__init__()
         check_rope_type(config.rope_type)
-        if config.use_keyframes_abs_pos_embedding:
-            raise ConfigError("transformer config use_keyframes_abs_pos_embedding=true (an LTX-2.5 keyframe slot "
-                              "feature) is not supported")
         c = self.config = config
         vdim, adim = c.inner_dim, c.audio_inner_dim
         coef = adaln_embedding_coefficient(c.cross_attention_adaln)
@@ -206,6 +203,8 @@ class LTXModel(nn.Module):
         caption_channels = c.caption_channels if caption_channels is None else caption_channels
 
         self.patchify_proj = nn.Linear(c.in_channels, vdim, bias=True)
+        if c.use_keyframes_abs_pos_embedding:  # LTX-2.5: marks single-pixel-frame tokens (keyframes_mask)
+            self.keyframes_abs_pos_embedding = mx.zeros((1, vdim))
         self.adaln_single = AdaLayerNormSingle(vdim, coef)
         if with_prompt_adaln:
             self.prompt_adaln_single = AdaLayerNormSingle(vdim, 2)
@@ -306,7 +305,7 @@ class LTXModel(nn.Module):
         video = StreamSpec(self.patchify_proj, self.adaln_single, c.inner_dim, c.positional_embedding_max_pos,
                            c.num_attention_heads, getattr(self, "caption_projection", None),
                            getattr(self, "prompt_adaln_single", None), self.av_ca_video_scale_shift_adaln_single,
-                           self.av_ca_a2v_gate_adaln_single)
+                           self.av_ca_a2v_gate_adaln_single, getattr(self, "keyframes_abs_pos_embedding", None))
         audio = StreamSpec(self.audio_patchify_proj, self.audio_adaln_single, c.audio_inner_dim,
                            c.audio_positional_embedding_max_pos, c.audio_num_attention_heads,
                            getattr(self, "audio_caption_projection", None),

@@ -54,6 +54,7 @@ class Modality:
     enabled: bool = True
     context_mask: mx.array | None = None
     attention_mask: mx.array | None = None
+    keyframes_mask: mx.array | None = None  # [B, T, 1]; tokens > 0 get the keyframe embedding (LTX-2.5)
 
 
 class PerturbationType(IntEnum):
@@ -208,6 +209,7 @@ class StreamSpec:
     prompt_adaln: AdaLayerNormSingle | None = None
     cross_scale_shift_adaln: AdaLayerNormSingle | None = None
     cross_gate_adaln: AdaLayerNormSingle | None = None
+    keyframes_embedding: mx.array | None = None  # (1, D), video only
 
 
 class ArrayCache:
@@ -297,6 +299,10 @@ class TransformerArgsPreprocessor:
         spec = self.spec
         dtype = modality.latent.dtype
         x = spec.patchify_proj(modality.latent)
+        if spec.keyframes_embedding is not None and modality.keyframes_mask is not None:
+            # apply_keyframes_absolute_embedding: right after patchify_proj, on tokens marked > 0
+            marked = (modality.keyframes_mask > 0).astype(x.dtype)
+            x = x + marked * spec.keyframes_embedding.astype(x.dtype)
         B, T = x.shape[:2]
         timesteps = modality.timesteps.reshape(B, T)
         sigma = _batched_sigma(modality.sigma, B)

@@ -1,0 +1,121 @@
+"""LTX-2.5 whole pipelines against the reference's pipeline classes on the split fixture sets
+(golden_e2e, FORMAT-25.md): the split folder opened as the Hugging Face repo lays it out (the
+text encoder, upsampler and distilled LoRA found in it), the Gemma-4 bundle, the keyframe
+embedding on the first latent frame, the image CRF of the video-VAE file (18), and the distilled
+stage 1's ancestral Euler with its draws replayed. Tolerance: TOL_LOOP on latents, frames and
+waveform, as for 2.3 (test_e2e.py)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from reference_data import TOL_F32, TOL_LOOP, FixtureSet25, fixture_dirs, rel_err
+from test_e2e import E2E, ReferenceDraws, request, stage_output_errors, whole_pipeline_errors
+
+from mlx_ltx.pipelines import Pipeline
+
+
+def e2e(fs):
+    return fs.golden("e2e"), fs.manifest["e2e"]
+
+
+def plumbing_set():
+    """The first 2.5 set: the plumbing tests (streaming, the CLI) run once, on it."""
+    dirs = fixture_dirs("2.5")
+    if not dirs:
+        pytest.skip("no LTX-2.5 fixture set")
+    return FixtureSet25(dirs[0])
+
+
+def make_pipeline(fs, name: str) -> Pipeline:
+    return Pipeline.from_pretrained(fs.path, name, dtype=mx.float32)
+
+
+def test_crf_is_the_video_vae_files(fixture_set_25):
+    g, _ = e2e(fixture_set_25)
+    assert make_pipeline(fixture_set_25, "dev").kind.image_crf == int(g["crf.value"][0])
+
+
+@pytest.mark.parametrize("name", E2E)
+def test_pipeline_matches_reference_pipeline_class_25(fixture_set_25, name):
+    g, meta = e2e(fixture_set_25)
+    errors = whole_pipeline_errors(fixture_set_25, name, make_pipeline(fixture_set_25, name), g, meta)
+    assert max(errors.values()) <= TOL_LOOP, errors
+
+
+def test_prompt_contexts_match_reference_25(fixture_set_25):
+    g, meta = e2e(fixture_set_25)
+    ctx = make_pipeline(fixture_set_25, "dev").encode_prompts(meta["prompt"], meta["negative_prompt"])
+    for i, (video, audio) in enumerate(((ctx.video, ctx.audio), (ctx.video_negative, ctx.audio_negative))):
+        assert rel_err(video, g[f"dev.ctx{i}.video"]) <= TOL_F32
+        assert rel_err(audio, g[f"dev.ctx{i}.audio"]) <= TOL_F32
+
+
+@pytest.mark.parametrize("name", E2E)
+def test_stage_outputs_match_reference_25(fixture_set_25, name):
+    """Each stage from the reference's contexts (the ancestral draws too): where a difference starts."""
+    g, meta = e2e(fixture_set_25)
+    errors = stage_output_errors(fixture_set_25, name, make_pipeline(fixture_set_25, name), g, meta)
+    assert max(errors.values()) <= TOL_LOOP, errors
+
+
+def test_auto_duration_end_to_end(fixture_set_25):
+    """num_frames omitted: the prompt is encoded, the duration head predicts the length, snapped as
+    the reference's ``resolve_num_frames`` (golden_duration ``out.num_frames`` for this prompt)."""
+    fs = fixture_set_25
+    g, meta = e2e(fs)
+    d = fs.golden("duration")
+    pipe = make_pipeline(fs, "distilled")
+    fps = float(d["in.frame_rate"][0])
+    events = []
+    result = pipe.generate(fs.manifest["gemma"]["prompts"][0], height=meta["height"], width=meta["width"], fps=fps,
+                           seed=3, audio=False, events=events.append,
+                           auto_duration=tuple(fs.manifest["duration"]["auto_duration"]))
+    assert result.frames.shape[0] == int(d["out.num_frames"][0])
+    settings = next(e.settings for e in events if e.kind == "settings")
+    assert settings.num_frames == result.frames.shape[0]
+    assert abs(settings.predicted_seconds - float(d["out.seconds"][0])) <= 1e-4 * float(d["out.seconds"][0])
+    phases = [e.phase for e in events if e.kind == "start"]
+    assert phases.index("prompt") < phases.index("duration") < phases.index("stage1")
+    with pytest.raises(ValueError, match="either num_frames or auto_duration"):
+        pipe.generate("x", num_frames=9, auto_duration=(1, 2))
+    with pytest.raises(ValueError, match="MIN_SECONDS .* must be <= MAX_SECONDS"):
+        pipe.generate("x", auto_duration=(5, 2))
+
+
+def test_streamed_split_model_matches_eager():
+    """The transformer streamed block by block from the split transformer file (the distilled LoRA
+    fused per block in stage 2) gives the eager run's latents bit for bit."""
+    fs = plumbing_set()
+    g, meta = e2e(fs)
+    name = "dev-two-stage"
+    latents = []
+    for memory in ("eager", "stream"):
+        pipe = make_pipeline(fs, name)
+        pipe.memory = memory
+        draws = ReferenceDraws(g, name)
+        r = pipe.generate(meta["prompt"], noise=draws, sde_noise=draws.sde, **request(fs, name, meta))
+        latents.append((np.array(r.video_latent), np.array(r.audio_latent)))
+    assert all(np.array_equal(a, b) for a, b in zip(*latents))
+
+
+def test_cli_on_the_split_folder(tmp_path, capsys):
+    """``python -m mlx_ltx.generate --model <split folder>`` with the length predicted: the printed
+    settings say so, the mp4 has the predicted frame count."""
+    import imageio_ffmpeg
+
+    from mlx_ltx.generate import main as cli_main
+
+    fs = plumbing_set()
+    meta = fs.manifest["e2e"]
+    out = tmp_path / "clip.mp4"
+    assert cli_main(["--model", str(fs.path), "--prompt", meta["prompt"], "--height", str(meta["height"]),
+                     "--width", str(meta["width"]), "--auto-duration", "1", "2", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "duration  predicted" in err
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out))
+    assert frames == int(fs.golden("duration")["out.num_frames"][0])
+    assert cli_main(["--model", str(fs.path), "--prompt", "x", "--num-frames", "9", "--auto-duration", "1", "2",
+                     "--output", str(tmp_path / "b.mp4")]) == 2
+    assert "either --num-frames or --auto-duration" in capsys.readouterr().err
