@@ -1,11 +1,18 @@
 """Convert the official LTX release into an MLX model folder, optionally quantized.
 
+Two releases are read, told apart by the source itself (never by a flag): the single-file one
+(LTX-2 / 2.3: one .safetensors per variant, handled here) and the split one (LTX-2.5 on: one file
+per component, a folder laid out as the Hugging Face repo, the files themselves, or the repo id;
+``convert_split.py``).
+
 The folder keeps the official key names (so loading needs no second set of rules), split into
 one or more safetensors files per component, and a ``config.json`` with the source metadata,
-the quantization settings and the SHA-256 of every source file. The source is read tensor by
-tensor through lazily mapped arrays and written shard by shard, so peak memory stays near one
-shard plus the largest tensor even for the 46 GB monolith. Everything is written into
-``DIR.partial`` and renamed to ``DIR`` only once complete and re-read.
+the quantization settings and the SHA-256 of every source file (a split source adds
+``"layout": "split"``, each file's own metadata under ``"role_metadata"`` and its text encoder as
+one file, see ``convert_split``). The source is read tensor by tensor through lazily mapped
+arrays and written shard by shard, so peak memory stays near one shard plus the largest tensor
+even for the 46 GB monolith. Everything is written into ``DIR.partial`` and renamed to ``DIR``
+only once complete and re-read.
 """
 
 from __future__ import annotations
@@ -39,6 +46,25 @@ UPSAMPLER_PATTERNS = {
 }
 # LoRAs the pipelines use: the distillation LoRA of the dev two-stage pipelines
 LORA_PATTERNS = {"distilled": "*distilled-lora*.safetensors"}
+
+# The split release (HF Lightricks/LTX-2.5, model_files.RELEASE_NAMES): what a repo-id source
+# downloads, as snapshot_download allow_patterns (relative to the repo root). Only the variant's
+# transformer, the text encoder, the conv video VAE (the diffusion VAE, vae/*-video-vae-bf16, is
+# not built by mlx_ltx), the audio VAE, the duration head, and the requested upsamplers / LoRAs.
+# The size tag (22b, 12b) is a wildcard; the transformer and text encoder are pinned to bf16 so a
+# quantized sibling in the repo is never fetched as well.
+SPLIT_TRANSFORMER_PATTERNS = {
+    "dev": "diffusion_models/*-dev-transformer-bf16*.safetensors",
+    "distilled": "diffusion_models/*-distilled-transformer-bf16*.safetensors",
+}
+SPLIT_ROLE_PATTERNS = {
+    "text_encoder": "text_encoders/gemma4-*with-proj*-bf16*.safetensors",
+    "video_vae": "vae/*video-vae-conv*.safetensors",
+    "audio_vae": "vae/*audio-vae*.safetensors",
+    "duration_head": "model_patches/*duration-head*.safetensors",
+}
+SPLIT_UPSAMPLER_PATTERNS = {name: "latent_upscale_models/" + pattern for name, pattern in UPSAMPLER_PATTERNS.items()}
+SPLIT_LORA_PATTERNS = {name: "loras/" + pattern for name, pattern in LORA_PATTERNS.items()}
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 QUANT_BITS = {"q8": 8, "q4": 4}
 DEFAULT_SHARD_BYTES = 4 * 2**30
@@ -124,7 +150,8 @@ def _pick(folder: str, names: Iterable[str], what: str) -> str:
     for n in names:
         if n in present:
             return os.path.join(folder, n)
-    raise ConvertError(f"{folder}: no {what} file; looked for {list(names)}, found {present or 'no .safetensors'}")
+    raise ConvertError(f"{folder}: no {what} file; looked for {list(names)}, found {present or 'no .safetensors'} "
+                       f"(a split release, LTX-2.5 on, is a folder with diffusion_models/, text_encoders/, vae/...)")
 
 
 def resolve_sources(source: str, variant: str, upsamplers: list[str], loras: list[str] = ()) -> SourceFiles:
@@ -194,8 +221,9 @@ class Plan:
 class _ShardWriter:
     """Accumulates converted tensors and flushes a shard when it reaches the size limit."""
 
-    def __init__(self, out_dir: str, stem: str, limit: int):
+    def __init__(self, out_dir: str, stem: str, limit: int, metadata: dict[str, str] | None = None):
         self.out_dir, self.stem, self.limit = out_dir, stem, limit
+        self.metadata = metadata  # written into every shard (e.g. the duration head's config)
         self.pending: dict[str, mx.array] = {}
         self.size = 0
         self.written: list[str] = []
@@ -210,13 +238,13 @@ class _ShardWriter:
         if not self.pending:
             return
         name = f"{self.stem}-{len(self.written) + 1:05d}.safetensors"
-        _save(os.path.join(self.out_dir, name), self.pending)  # evaluates, then we drop them
+        _save(os.path.join(self.out_dir, name), self.pending, self.metadata)  # evaluates, then we drop them
         self.written.append(name)
         self.pending, self.size = {}, 0
 
 
 def convert(
-    source: str,
+    source: "str | os.PathLike | list[str]",
     variant: str,
     out: str,
     *,
@@ -232,14 +260,22 @@ def convert(
     hash_sources: bool = True,
     progress: Callable[[str], None] = print,
 ) -> str:
-    """Convert; returns the output folder. See ``convert.py --help`` for the options."""
+    """Convert; returns the output folder. See ``convert.py --help`` for the options.
+
+    ``source``: the single-file release (a .safetensors, a folder holding it, an HF repo id) or the
+    split one (a folder laid out as the HF repo, a list of its files, an HF repo id); which one it
+    is comes from the source (``convert_split.resolve_split_sources``)."""
+    from .convert_split import SplitJob, resolve_split_sources
+
     if dtype not in DTYPES:
         raise ConvertError(f"--dtype {dtype!r}: choose from {sorted(DTYPES)}")
     if quantize is not None and quantize not in QUANT_BITS:
         raise ConvertError(f"--quantize {quantize!r}: choose from {sorted(QUANT_BITS)}")
     if text_encoder_quantize is not None and text_encoder_quantize not in QUANT_BITS:
         raise ConvertError(f"--text-encoder-quantize {text_encoder_quantize!r}: choose from {sorted(QUANT_BITS)}")
-    out = os.path.abspath(out.rstrip("/"))
+    if variant not in MODEL_FILES:
+        raise ConvertError(f"--variant {variant!r}: choose from {sorted(MODEL_FILES)}")
+    out = os.path.abspath(os.fspath(out).rstrip("/"))
     partial = out + ".partial"
     if os.path.lexists(out):
         if not is_replaceable(out):
@@ -248,33 +284,29 @@ def convert(
             raise ConvertError(f"{out} exists; pass --force to replace it")
     if os.path.lexists(partial) and not is_replaceable(partial):
         raise _not_ours(partial)
-    files = resolve_sources(source, variant, list(upsamplers), list(loras))
-    src = Checkpoint(files.model)
-    if not isinstance(src.metadata.get("config"), dict):
-        raise ConvertError(f"{files.model}: no LTX 'config' in its metadata; is it an official LTX checkpoint?")
-    src.config  # validates every section before anything is written
     bits = QUANT_BITS.get(quantize) if quantize else None
     target = DTYPES[dtype]
-
-    plan_files: dict[str, list[str]] = {}
-    total = 0
-    unknown = []
-    for key in src.shapes:
-        comp = _component_of(key)
-        if comp is None:
-            unknown.append(key)
-            continue
-        plan_files.setdefault(comp, []).append(key)
-        q = bits if bits and should_quantize(key, src.shapes[key], group_size) else None
-        total += _out_bytes(src.shapes[key], target.size, q, group_size)
-    if unknown:
-        raise ConvertError(f"{files.model}: {len(unknown)} tensors belong to no LTX component, e.g. {unknown[:3]}")
-    if bits and not any(should_quantize(k, src.shapes[k], group_size) for k in plan_files.get("transformer", [])):
-        raise ConvertError(f"--quantize {quantize}: no transformer linear layer has an input width divisible by "
-                           f"--group-size {group_size}")
-    for _, _, path in files.side_files():
-        total += sum(math.prod(v["shape"]) * target.size
-                     for k, v in read_safetensors_header(path).items() if k != "__metadata__")
+    split = resolve_split_sources(source, variant, list(upsamplers), list(loras), text_encoder)
+    if split is not None:
+        job = SplitJob(split, variant, dtype, bits, QUANT_BITS.get(text_encoder_quantize or ""), group_size,
+                       shard_bytes, hash_sources, progress)
+        total = job.plan()  # every check before anything is written
+    else:
+        if isinstance(source, (list, tuple)):
+            if len(source) != 1:
+                raise ConvertError(f"--source: several files are the split release (LTX-2.5 on); {list(source)} "
+                                   f"are not")
+            source = source[0]
+        files = resolve_sources(os.fspath(source), variant, list(upsamplers), list(loras))
+        src = Checkpoint(files.model)
+        if not isinstance(src.metadata.get("config"), dict):
+            raise ConvertError(f"{files.model}: no LTX 'config' in its metadata; is it an official LTX checkpoint?")
+        src.config  # validates every section before anything is written
+        plan_files, total = plan_components(src, src.shapes, files.model, bits, group_size, target)
+        if bits and not any(should_quantize(k, src.shapes[k], group_size) for k in plan_files.get("transformer", [])):
+            raise ConvertError(f"--quantize {quantize}: no transformer linear layer has an input width divisible by "
+                               f"--group-size {group_size}")
+        total += side_files_bytes(files, target)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     free = shutil.disk_usage(parent).free
@@ -287,19 +319,22 @@ def convert(
     try:
         os.makedirs(partial)
         open(os.path.join(partial, PARTIAL_MARKER), "w").close()
-        info = _write(src, files, partial, plan_files, target, bits, group_size, shard_bytes, progress)
-        info["sources"] = [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
-                            "sha256": sha256_file(p) if hash_sources else None}
-                           for p in [files.model, *(path for _, _, path in files.side_files())]]
-        info["dtype"] = dtype
-        info["variant"] = variant
-        if text_encoder:
-            progress(f"text encoder: {text_encoder}")
-            info["text_encoder"] = _convert_text_encoder(text_encoder, os.path.join(partial, "text_encoder"),
-                                                         dtype, text_encoder_quantize, group_size)
-        with open(os.path.join(partial, CONVERTED_CONFIG), "w") as f:
-            json.dump(info, f, indent=1)
-        _verify(partial, src, info)
+        if split is not None:
+            info = job.write(partial)  # config.json written and the folder verified
+        else:
+            info = _write(src, files, partial, plan_files, target, bits, group_size, shard_bytes, progress)
+            info["sources"] = [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
+                                "sha256": sha256_file(p) if hash_sources else None}
+                               for p in [files.model, *(path for _, _, path in files.side_files())]]
+            info["dtype"] = dtype
+            info["variant"] = variant
+            if text_encoder:
+                progress(f"text encoder: {text_encoder}")
+                info["text_encoder"] = _convert_text_encoder(text_encoder, os.path.join(partial, "text_encoder"),
+                                                             dtype, text_encoder_quantize, group_size)
+            with open(os.path.join(partial, CONVERTED_CONFIG), "w") as f:
+                json.dump(info, f, indent=1)
+            _verify(partial, src, info)
         os.remove(os.path.join(partial, PARTIAL_MARKER))
         if os.path.lexists(out):
             if not is_replaceable(out):  # it changed while we were converting
@@ -321,6 +356,30 @@ def convert(
     return out
 
 
+def plan_components(src: Checkpoint, keys: Iterable[str], where: str, bits: int | None, group_size: int,
+                    target: mx.Dtype) -> tuple[dict[str, list[str]], int]:
+    """{component: source keys in order} and the bytes they will take; a key of no component is an error."""
+    plan_files: dict[str, list[str]] = {}
+    total = 0
+    unknown = []
+    for key in keys:
+        comp = _component_of(key)
+        if comp is None:
+            unknown.append(key)
+            continue
+        plan_files.setdefault(comp, []).append(key)
+        q = bits if bits and should_quantize(key, src.shapes[key], group_size) else None
+        total += _out_bytes(src.shapes[key], target.size, q, group_size)
+    if unknown:
+        raise ConvertError(f"{where}: {len(unknown)} tensors belong to no LTX component, e.g. {unknown[:3]}")
+    return plan_files, total
+
+
+def side_files_bytes(files, target: mx.Dtype) -> int:
+    return sum(math.prod(v["shape"]) * target.size for _, _, path in files.side_files()
+               for k, v in read_safetensors_header(path).items() if k != "__metadata__")
+
+
 def report(out: str, info: dict) -> list[str]:
     """What a conversion wrote: quantization, components, side files, size on disk."""
     q = info.get("quantization")
@@ -332,10 +391,59 @@ def report(out: str, info: dict) -> list[str]:
     for kind in ("upsamplers", "loras"):
         if info.get(kind):
             lines.append(f"{kind}: {', '.join(info[kind])}")
-    if info.get("text_encoder"):
-        lines.append(f"text encoder: {info['text_encoder']}/")
+    te = info.get("text_encoder")
+    if te:
+        tq = info.get("text_encoder_quantization")
+        how = (f" (quantized {tq['layers']} linear layers: {tq['bits']} bits, group size {tq['group_size']})"
+               if tq else "")
+        lines.append(f"text encoder: {te}{'' if te.endswith('.safetensors') else '/'}{how}")
     lines.append(f"wrote {out}: {_fmt_bytes(folder_bytes(out))} on disk")
     return lines
+
+
+def _cast(value: mx.array, target: mx.Dtype) -> mx.array:
+    """Floating tensors to ``target``; 0-d scalars stay as the reference keeps them."""
+    return value.astype(target) if mx.issubdtype(value.dtype, mx.floating) and value.ndim > 0 else value
+
+
+def write_component(writer: _ShardWriter, arrays: dict, keys: list[str], shapes: dict, target: mx.Dtype,
+                    bits: int | None, group_size: int) -> int:
+    """Cast (and quantize) ``keys`` popped from the lazily loaded ``arrays`` into ``writer``;
+    returns the number of quantized layers."""
+    quantized_layers = 0
+    for key in keys:
+        value = _cast(arrays.pop(key), target)  # popped: a read tensor must not outlive its shard
+        if bits and should_quantize(key, shapes[key], group_size):
+            wq, scales, biases = mx.quantize(value, group_size=group_size, bits=bits)
+            base = key[: -len(".weight")]
+            writer.add(key, wq)
+            writer.add(base + ".scales", scales)
+            writer.add(base + ".biases", biases)
+            quantized_layers += 1
+        else:
+            writer.add(key, value)
+    writer.flush()
+    return quantized_layers
+
+
+def write_side_files(files, out_dir: str, target: mx.Dtype, progress) -> dict[str, dict[str, str]]:
+    """The upsamplers and LoRAs beside the model, cast, their metadata kept as it was."""
+    side: dict[str, dict[str, str]] = {"upsampler": {}, "lora": {}}
+    for kind, name, path in files.side_files():
+        raw_meta = read_safetensors_header(path).get("__metadata__") or {}
+        if kind == "upsampler" and not isinstance(Checkpoint(path).metadata.get("config"), dict):
+            raise ConvertError(f"{path}: no upsampler 'config' in its metadata")
+        tensors = {k: _cast(v, target) for k, v in mx.load(path).items()}
+        fname = f"{kind}-{name}.safetensors"
+        _save(os.path.join(out_dir, fname), tensors, metadata=raw_meta)
+        side[kind][name] = fname
+        progress(f"{kind} {name}: {len(tensors)} tensors")
+    return side
+
+
+def quantization_entry(bits: int | None, group_size: int, layers: int, pattern: str) -> dict | None:
+    return None if not bits else {"bits": bits, "group_size": group_size, "mode": "affine", "layers": layers,
+                                  "predicate": pattern}
 
 
 def _write(src: Checkpoint, files: SourceFiles, out_dir: str, plan: dict[str, list[str]], target: mx.Dtype,
@@ -345,41 +453,16 @@ def _write(src: Checkpoint, files: SourceFiles, out_dir: str, plan: dict[str, li
     arrays = mx.load(src.path)  # lazy; each tensor is read when its shard is written
     for comp, keys in plan.items():
         writer = _ShardWriter(out_dir, comp, shard_bytes)
-        for key in keys:
-            value = arrays.pop(key)  # the dict must not keep a read tensor alive after its shard is written
-            if mx.issubdtype(value.dtype, mx.floating) and value.ndim > 0:
-                value = value.astype(target)  # 0-d scalars stay as the reference keeps them
-            if bits and should_quantize(key, src.shapes[key], group_size):
-                wq, scales, biases = mx.quantize(value, group_size=group_size, bits=bits)
-                base = key[: -len(".weight")]
-                writer.add(key, wq)
-                writer.add(base + ".scales", scales)
-                writer.add(base + ".biases", biases)
-                quantized_layers += 1
-            else:
-                writer.add(key, value)
-        writer.flush()
+        quantized_layers += write_component(writer, arrays, keys, src.shapes, target, bits, group_size)
         components[comp] = writer.written
         progress(f"{comp}: {len(keys)} tensors -> {len(writer.written)} file(s)")
     del arrays
-    side: dict[str, dict[str, str]] = {"upsampler": {}, "lora": {}}
-    for kind, name, path in files.side_files():
-        raw_meta = read_safetensors_header(path).get("__metadata__") or {}
-        if kind == "upsampler" and not isinstance(Checkpoint(path).metadata.get("config"), dict):
-            raise ConvertError(f"{path}: no upsampler 'config' in its metadata")
-        tensors = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) and v.ndim > 0 else v
-                   for k, v in mx.load(path).items()}
-        fname = f"{kind}-{name}.safetensors"
-        _save(os.path.join(out_dir, fname), tensors, metadata=raw_meta)  # metadata kept as it was
-        side[kind][name] = fname
-        progress(f"{kind} {name}: {len(tensors)} tensors")
+    side = write_side_files(files, out_dir, target, progress)
     metadata = {k: v for k, v in src.metadata.items()}
-    quant = None
-    if bits:
-        quant = {"bits": bits, "group_size": group_size, "mode": "affine", "layers": quantized_layers,
-                 "predicate": _QUANTIZED_LINEAR.pattern}
-    return {"format": CONVERTED_FORMAT, "format_version": 1, "model_version": metadata.get("model_version"),
-            "metadata": metadata, "quantization": quant, "components": components, "upsamplers": side["upsampler"], "loras": side["lora"]}
+    quant = quantization_entry(bits, group_size, quantized_layers, _QUANTIZED_LINEAR.pattern)
+    return {"format": CONVERTED_FORMAT, "format_version": 1, "layout": "single",
+            "model_version": metadata.get("model_version"), "metadata": metadata, "quantization": quant,
+            "components": components, "upsamplers": side["upsampler"], "loras": side["lora"]}
 
 
 def _convert_text_encoder(spec: str, out_dir: str, dtype: str, quantize: str | None, group_size: int) -> str:
