@@ -216,3 +216,23 @@ def test_text_encoder_pairing_checked_before_loading(fixture_set_25, tmp_path):
     mx.save_safetensors(str(other), te[0], metadata={**te[1], "gemma_config": json.dumps(cfg)})
     with pytest.raises(Exception, match=r"Gemma version mismatch.*expects .*gemma4-tiny.*gemma4-other-v9"):
         Pipeline.from_pretrained(fs.path, "distilled", gemma=str(other))
+
+
+def test_memory_estimates_read_the_gemma4_bundle(fixture_set_25):
+    """The preflight and the keep-models policy size the text encoder from the bundle's header (its
+    language model only) and its widths from gemma_config, not from Gemma-3 defaults."""
+    from mlx_ltx.memory_policy import _gemma_bytes
+    from mlx_ltx.models.gemma4 import language_model_tensors, read_gemma4_config
+    from mlx_ltx.preflight import _gemma_widths, predict_peak
+
+    fs = fixture_set_25
+    te = str(fs.file("text_encoder"))
+    lm = language_model_tensors(te)
+    assert lm and not any(k.startswith(("vision_model.", "text_embedding_projection.", "tokenizer_json"))
+                          for k, _, _ in lm)
+    assert _gemma_bytes(te, mx.bfloat16) == sum(int(np.prod(s)) for _, _, s in lm) * 2
+    cfg = read_gemma4_config(te)
+    assert _gemma_widths(te) == (cfg.hidden_size, cfg.num_hidden_layers)
+    prediction = predict_peak(Checkpoint(fs.path), "distilled", 128, 192, 9, gemma=te)
+    assert not any("Gemma" in n for n in prediction.notes), prediction.notes
+    assert Pipeline.from_pretrained(fs.path, "distilled").estimated_model_bytes() is not None
