@@ -326,6 +326,16 @@ class ImageConditioningInput(NamedTuple):
     crf: int | None = None
 
 
+def _encoded_images(images: list[ImageConditioningInput], height: int, width: int, video_encoder, dtype: mx.Dtype,
+                    crf_threads: int | None, default_crf: int):
+    """Each image through the CRF round trip and the video encoder, as a one-frame latent."""
+    for img in images:
+        crf = default_crf if img.crf is None else img.crf
+        latent = video_encoder(load_image_and_preprocess(img.path, height, width, crf, video_encoder.dtype,
+                                                         crf_threads))
+        yield img, latent.astype(dtype)
+
+
 def combined_image_conditionings(images: list[ImageConditioningInput], height: int, width: int, video_encoder,
                                  dtype: mx.Dtype = mx.float32, crf_threads: int | None = None,
                                  default_crf: int = DEFAULT_IMAGE_CRF) -> list:
@@ -334,14 +344,21 @@ def combined_image_conditionings(images: list[ImageConditioningInput], height: i
     round trip's thread count (None: the reference's on this machine); ``default_crf``: the CRF of
     images that set none (the model's: ``ImageConditioner.default_image_crf``, read from the
     video-VAE file's version, 18 from LTX-2.4 on)."""
-    items = []
-    for img in images:
-        crf = default_crf if img.crf is None else img.crf
-        latent = video_encoder(load_image_and_preprocess(img.path, height, width, crf, video_encoder.dtype,
-                                                         crf_threads))
-        latent = latent.astype(dtype)
-        if img.frame_idx == 0:
-            items.append(VideoConditionByLatentIndex(latent, img.strength, latent_idx=0))
-        else:
-            items.append(VideoConditionByKeyframeIndex(latent, img.frame_idx, img.strength))
-    return items
+    return [VideoConditionByLatentIndex(latent, img.strength, latent_idx=0) if img.frame_idx == 0
+            else VideoConditionByKeyframeIndex(latent, img.frame_idx, img.strength)
+            for img, latent in _encoded_images(images, height, width, video_encoder, dtype, crf_threads, default_crf)]
+
+
+def image_conditionings_by_adding_guiding_latent(images: list[ImageConditioningInput], height: int, width: int,
+                                                 video_encoder, dtype: mx.Dtype = mx.float32,
+                                                 crf_threads: int | None = None,
+                                                 default_crf: int = DEFAULT_IMAGE_CRF) -> list:
+    """Every image, frame 0 included, appended as guiding tokens at its pixel frame (keyframe
+    interpolation: the keyframes guide, none replaces a latent)."""
+    return [VideoConditionByKeyframeIndex(latent, img.frame_idx, img.strength)
+            for img, latent in _encoded_images(images, height, width, video_encoder, dtype, crf_threads, default_crf)]
+
+
+# how a pipeline turns its images into conditioning items (PipelineSpec.image_conditioning)
+IMAGE_CONDITIONINGS = {"replace-first": combined_image_conditionings,
+                       "guiding": image_conditionings_by_adding_guiding_latent}

@@ -1,7 +1,8 @@
 """Latent shapes, tokens, positions and initial states of the diffusion loops, as the
 reference's ``ltx_core/tools.py`` (``VideoLatentTools``, ``AudioLatentTools``),
-``ltx_core/components/patchifiers.py``, ``ltx_core/components/noisers.py`` (``GaussianNoiser``)
-and ``ltx_pipelines/utils/helpers.py`` (``create_noised_state``).
+``ltx_core/components/patchifiers.py``, ``ltx_core/components/noisers.py`` (``GaussianNoiser``:
+:func:`noise_state` with the draws of :class:`SeededNoise`, the one source of noise of every
+pipeline) and ``ltx_pipelines/utils/helpers.py`` (``create_noised_state``).
 
 Layouts (patch size 1, the only one the released models use):
 video latent [B, C, F, H, W] <-> tokens [B, F·H·W, C] (token (f·H + h)·W + w);
@@ -11,11 +12,12 @@ audio positions [B, 1, T, 2] in seconds. Per-token tensors (``denoise_mask``) ar
 
 Noise order: a pipeline stage draws the video noise first, then the audio noise, from one
 generator (the reference's ``DiffusionStage`` builds the video state before the audio state);
-``GaussianNoiser`` keeps that order when both states are built from the same instance.
+:class:`SeededNoise` keeps that order when both states draw from the same instance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -156,20 +158,29 @@ def noise_state(state: LatentState, noise: mx.array, noise_scale: float = 1.0) -
     return replace(state, latent=x.astype(state.latent.dtype))
 
 
-class GaussianNoiser:
-    """Draws standard normal noise shaped like a state's tokens (appended tokens included) from
-    one MLX key sequence and applies :func:`noise_state`. MLX's generator is not torch's: the
-    same seed gives other numbers than the reference (tests inject the reference's noise)."""
+# noise(shape, dtype, label) -> array; labels "stage{k}.video" / "stage{k}.audio", "decoder", ...
+NoiseProvider = Callable[[tuple[int, ...], mx.Dtype, str], mx.array]
+
+
+class SeededNoise:
+    """The whole generation's randomness from one seed (the reference's single ``torch.Generator``):
+    every draw splits the key, in the order the stages ask. MLX's generator is not torch's, so a
+    seed gives other numbers than the reference (tests inject the reference's draws through a
+    :data:`NoiseProvider`); the order (video before audio, stage 1 before stage 2, then the
+    decoder) is the reference's. Drawn in the state's dtype, as ``GaussianNoiser``."""
 
     def __init__(self, seed: int):
-        self._key = mx.random.key(seed)
+        self.seed = seed
+        self._key = mx.random.key(seed % 2**64)
 
-    def sample(self, shape: tuple[int, ...], dtype: mx.Dtype = mx.float32) -> mx.array:
+    def offset(self, n: int) -> SeededNoise:
+        """A separate stream seeded ``seed + n`` (the reference's extra generators: the ancestral
+        loop's seed + 10000)."""
+        return SeededNoise(self.seed + n)
+
+    def __call__(self, shape: tuple[int, ...], dtype: mx.Dtype, label: str = "") -> mx.array:
         self._key, sub = mx.random.split(self._key)
         return mx.random.normal(shape, dtype=dtype, key=sub)
-
-    def __call__(self, state: LatentState, noise_scale: float = 1.0) -> LatentState:
-        return noise_state(state, self.sample(tuple(state.latent.shape), state.latent.dtype), noise_scale)
 
 
 def _initial_state(tokens: mx.array, positions: mx.array) -> LatentState:
@@ -295,16 +306,17 @@ class AudioLatentTools:
         return _clear_conditioning(state, self.token_count)
 
 
-def create_noised_state(tools: VideoLatentTools | AudioLatentTools, conditionings: list, noise,
+def create_noised_state(tools: VideoLatentTools | AudioLatentTools, conditionings, noise,
                         noise_scale: float = 1.0, initial_latent: mx.array | None = None,
-                        dtype: mx.Dtype = mx.float32) -> LatentState:
+                        dtype: mx.Dtype = mx.float32, label: str = "") -> LatentState:
     """``create_noised_state``: initial state, then each conditioning item's ``apply_to`` in
-    order, then the noiser. ``noise`` is a :class:`GaussianNoiser` (draws now, shaped like the
-    conditioned state) or an array of that shape (injected). Build the video state before the
-    audio state from the same noiser to keep the reference's draw order."""
+    order, then the noise. ``noise`` is an array shaped like the conditioned state's tokens
+    (injected) or a :data:`NoiseProvider` (e.g. :class:`SeededNoise`), asked with ``label`` for a
+    draw of that shape in the state's dtype. Build the video state before the audio state from the
+    same provider to keep the reference's draw order."""
     state = tools.create_initial_state(dtype, initial_latent)
     for item in conditionings:
         state = item.apply_to(state, tools)
-    if isinstance(noise, GaussianNoiser):
-        return noise(state, noise_scale)
+    if callable(noise):
+        noise = noise(tuple(state.latent.shape), state.latent.dtype, label)
     return noise_state(state, noise, noise_scale)

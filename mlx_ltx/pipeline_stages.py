@@ -37,7 +37,7 @@ from .guidance import (
     MultiModalGuiderParams,
     PipelineParams,
 )
-from .latent_tools import AudioLatentTools, VideoLatentTools, noise_state
+from .latent_tools import AudioLatentTools, NoiseProvider, SeededNoise, VideoLatentTools, create_noised_state
 from .sampling import (
     ANCESTRAL_NOISE_SEED_OFFSET,
     AncestralNoiseFn,
@@ -93,6 +93,9 @@ class PipelineSpec:
     stages: tuple[StageSpec, ...]
     # HQ uses its own guidance preset and 15 steps whatever the checkpoint's generation
     hq_params: bool = False
+    # how images become conditioning items (conditioning.IMAGE_CONDITIONINGS): frame 0 replaces
+    # the first latent ("replace-first", combined_image_conditionings) or every image guides
+    image_conditioning: str = "replace-first"
 
     @property
     def two_stage(self) -> bool:
@@ -168,28 +171,25 @@ class Geometry:
     fps: float
 
 
-# noise(shape, dtype, label) -> array; label "stage{k}.video" / "stage{k}.audio"
-NoiseProvider = Callable[[tuple[int, ...], mx.Dtype, str], mx.array]
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One stream's inputs to a stage (``ltx_pipelines.utils.types.ModalitySpec``, its context
+    aside): conditioning items, applied in order (replace latents, append guiding tokens, mask a
+    region); ``noise_scale`` (None: 1, or σ₀ when the stage continues the previous stage's latent);
+    ``frozen``: the stream is held as given (denoise mask 0, its σ forced to 0: a2vid's audio,
+    retake's kept stream); ``initial_latent`` (unpatchified) instead of the previous stage's."""
+
+    conditionings: tuple = ()
+    noise_scale: float | None = None
+    frozen: bool = False
+    initial_latent: mx.array | None = None
 
 
-class SeededNoise:
-    """The whole generation's randomness from one seed (the reference's single ``torch.Generator``):
-    every draw splits the key, in the order the stages ask. MLX's generator is not torch's, so a
-    seed gives other numbers than the reference; the order (video before audio, stage 1 before
-    stage 2, then the decoder) is the reference's. Drawn in the state's dtype, as the noiser."""
+class StageInputs(NamedTuple):
+    """What a stage gets from its pipeline for each stream: the conditioning extension point."""
 
-    def __init__(self, seed: int):
-        self.seed = seed
-        self._key = mx.random.key(seed % 2**64)
-
-    def offset(self, n: int) -> SeededNoise:
-        """A separate stream seeded ``seed + n`` (the reference's extra generators: the ancestral
-        loop's seed + 10000)."""
-        return SeededNoise(self.seed + n)
-
-    def __call__(self, shape: tuple[int, ...], dtype: mx.Dtype, label: str) -> mx.array:
-        self._key, sub = mx.random.split(self._key)
-        return mx.random.normal(shape, dtype=dtype, key=sub)
+    video: ModalitySpec = ModalitySpec()
+    audio: ModalitySpec = ModalitySpec()
 
 
 class StageRuntime(Protocol):
@@ -198,8 +198,9 @@ class StageRuntime(Protocol):
     def model_for(self, stage: StageSpec):
         """The transformer with the stage's distilled-LoRA strength fused."""
 
-    def conditionings(self, stage_index: int, height: int, width: int) -> list:
-        """Image conditioning items for a stage, encoded at that stage's pixel size."""
+    def conditionings(self, stage_index: int, height: int, width: int) -> StageInputs | list:
+        """A stage's video and audio inputs (:class:`StageInputs`), conditionings encoded at that
+        stage's pixel size; a plain list is the video's conditioning items."""
 
     def upsample(self, video_latent: mx.array) -> mx.array:
         """Spatial ×2 latent upsampling (normalised latent in, normalised latent out)."""
@@ -254,7 +255,7 @@ def make_stepper(stage: StageSpec, sde_noise: NoiseFn | None = None, ancestral: 
 
 
 def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: Geometry, contexts: Contexts,
-              conditionings: list, noise: NoiseProvider, sigmas: mx.array, *,
+              conditionings: StageInputs | list, noise: NoiseProvider, sigmas: mx.array, *,
               video_params: MultiModalGuiderParams, audio_params: MultiModalGuiderParams,
               initial: StageOutput | None = None, dtype: mx.Dtype = mx.float32, sde_noise: NoiseFn | None = None,
               max_batch_size: int | None = 1, on_step=None) -> StageOutput:
@@ -263,15 +264,19 @@ def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: 
     height, width = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
     video_tools = VideoLatentTools.from_pixel_shape(config, geometry.num_frames, height, width, geometry.fps)
     audio_tools = AudioLatentTools.from_video_pixel_shape(config, geometry.num_frames, geometry.fps)
-    noise_scale = 1.0 if initial is None else float(sigmas[0].item())
+    inputs = conditionings if isinstance(conditionings, StageInputs) else StageInputs(ModalitySpec(tuple(conditionings)))
+    default_scale = 1.0 if initial is None else float(sigmas[0].item())
     states = []
-    for name, tools, items, init in (("video", video_tools, conditionings, initial and initial.video_latent),
-                                     ("audio", audio_tools, [], initial and initial.audio_latent)):
-        state = tools.create_initial_state(dtype, None if init is None else init.astype(dtype))
-        for item in items:
-            state = item.apply_to(state, tools)
-        drawn = noise(tuple(state.latent.shape), state.latent.dtype, f"stage{index + 1}.{name}")
-        states.append(noise_state(state, drawn, noise_scale))
+    for name, tools, spec, init in (("video", video_tools, inputs.video, initial and initial.video_latent),
+                                    ("audio", audio_tools, inputs.audio, initial and initial.audio_latent)):
+        init = spec.initial_latent if spec.initial_latent is not None else init
+        scale = default_scale if spec.noise_scale is None else spec.noise_scale
+        # DiffusionStage._build_state: create_noised_state (the draw is made even when frozen), then freeze
+        state = create_noised_state(tools, spec.conditionings, noise, scale, None if init is None else init.astype(dtype),
+                                    dtype, label=f"stage{index + 1}.{name}")
+        if spec.frozen:
+            state = replace(state, denoise_mask=mx.zeros_like(state.denoise_mask), frozen=True)
+        states.append(state)
     denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size)
     stepper = make_stepper(stage, sde_noise, ancestral_noise(noise, index))
     video, audio = denoise_loop(model, states[0], states[1], sigmas, denoiser, stepper, on_step=on_step)

@@ -27,7 +27,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .conditioning import ImageConditioningInput, combined_image_conditionings
+from .conditioning import IMAGE_CONDITIONINGS, ImageConditioningInput
 from .generations import check_buildable, check_lora_generation, describe
 from .guidance import DEFAULT_NEGATIVE_PROMPT, MultiModalGuiderParams
 from .loading import Checkpoint
@@ -43,10 +43,12 @@ from .pipeline_stages import (
     PIPELINES,
     Contexts,
     Geometry,
+    ModalitySpec,
     NoiseProvider,
     PipelineSpec,
     SeededNoise,
     SigmaSource,
+    StageInputs,
     StageSpec,
     StageTrace,
     run_stages,
@@ -363,8 +365,8 @@ class Pipeline(RequestValidation, PipelineDecoding):
         for stage in self.spec.stages:
             h, w = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
             if images:
-                items = combined_image_conditionings(images, h, w, self.video_encoder(), self.dtype, crf_threads,
-                                                     default_crf=self.kind.image_crf)
+                build = IMAGE_CONDITIONINGS[self.spec.image_conditioning]
+                items = build(images, h, w, self.video_encoder(), self.dtype, crf_threads, default_crf=self.kind.image_crf)
                 mx.eval([getattr(i, "latent", getattr(i, "keyframes", None)) for i in items])
             else:
                 items = []
@@ -554,13 +556,13 @@ class _Runtime:
 
     def __init__(self, pipeline: Pipeline, conditionings: list[list]):
         self.pipeline = pipeline
-        self._conditionings = conditionings
+        self._conditionings = conditionings  # per stage, the video's image conditioning items
 
     def model_for(self, stage: StageSpec):
         return self.pipeline.model_for(stage)
 
-    def conditionings(self, stage_index: int, height: int, width: int) -> list:
-        return self._conditionings[stage_index]
+    def conditionings(self, stage_index: int, height: int, width: int) -> StageInputs:
+        return StageInputs(ModalitySpec(tuple(self._conditionings[stage_index])))
 
     def upsample(self, video_latent: mx.array) -> mx.array:
         return self.pipeline.upsample(video_latent)
