@@ -92,6 +92,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                        help="spatial x2 upsampler file (default: the model folder's)")
     model.add_argument("--distilled-lora", default=None,
                        help="distilled LoRA file (default: the model folder's)")
+    model.add_argument("--lora", dest="loras", action="append", nargs=2, metavar=("PATH", "STRENGTH"), default=[],
+                       help="a LoRA fused in every stage at STRENGTH (e.g. 0.8); repeatable. Key layouts: the "
+                            "official trainer's, ComfyUI's (lora_down/lora_up, alpha) and diffusers'")
     prompt = p.add_argument_group("prompt")
     prompt.add_argument("--prompt", required=True, help="what the video shows and sounds like (required)")
     prompt.add_argument("--negative-prompt", default=None,
@@ -204,6 +207,8 @@ class _Reporter:
                           f"skip step {g.skip_step}")
         if st.video_guidance is None:
             self._err("guidance  none (distilled)")
+        for path, strength in st.loras:
+            self._err(f"lora      {path} at {strength:g}")
         if st.memory is not None:
             predicted = ("" if st.predicted_peak is None else
                          f", predicted peak {format_bytes(st.predicted_peak)} ({st.predicted_peak_phase})")
@@ -293,10 +298,16 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
     from .pipelines import Pipeline
     from .validation import CLI_NAMES
 
+    loras = []
+    for path, strength in args.loras:
+        try:
+            loras.append((path, float(strength)))
+        except ValueError:
+            parser.error(f"--lora {path} {strength}: STRENGTH must be a number")
     pipeline = Pipeline.from_pretrained(args.model, args.pipeline, gemma=args.gemma, upsampler=args.upsampler,
                                         distilled_lora=args.distilled_lora, dtype=_DTYPES[args.dtype],
                                         low_memory=not args.keep_models, memory=args.memory,
-                                        preflight=not args.no_preflight)
+                                        preflight=not args.no_preflight, loras=loras)
     pipeline.arg_names = CLI_NAMES
     video_params = _guider_params(args, "video", "a2v", pipeline.params.video_guider_params)
     audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)

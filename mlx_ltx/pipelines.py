@@ -57,7 +57,14 @@ from .pipeline_decode import PipelineDecoding, release_memory as _release
 from .progress import GenerationSettings, ProgressEvent, Tracker
 from .sampling import distilled_sigmas, stage2_distilled_sigmas
 from .memory_policy import MEMORY_CHOICES, MemoryPlan, estimate_model_bytes, plan_memory, unplanned
-from .validation import SEED_MODULUS, RequestValidation, _check_x2_upsampler, _is_int, device_memory_bytes
+from .validation import (
+    SEED_MODULUS,
+    RequestValidation,
+    _check_x2_upsampler,
+    _is_int,
+    check_user_loras,
+    device_memory_bytes,
+)
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -93,8 +100,11 @@ class Pipeline(RequestValidation, PipelineDecoding):
 
     def __init__(self, spec: PipelineSpec, checkpoint: Checkpoint, gemma: str | None, upsampler: str | None = None,
                  distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
-                 memory_budget: int | None = None, memory: str = "auto", preflight: bool = True):
-        """``low_memory``: True releases every model after use, False keeps them for the next
+                 memory_budget: int | None = None, memory: str = "auto", preflight: bool = True, loras=()):
+        """``loras``: user LoRAs ``[(path, strength), ...]`` in the trainer, ComfyUI or diffusers key layout
+        (``models/lora.py``), fused in every stage before the stage's distilled LoRA, as the reference's
+        pipelines pass ``loras`` to each stage; checked from their headers here, before anything loads.
+        ``low_memory``: True releases every model after use, False keeps them for the next
         call, None (default) keeps them only if they fit (see :attr:`keeps_models`);
         ``memory_budget``: the bytes the memory decisions compare with (default: the device's memory);
         ``memory``: the transformer's weights, "eager" (resident), "stream" (each block read from
@@ -126,6 +136,8 @@ class Pipeline(RequestValidation, PipelineDecoding):
         self.kind = describe(checkpoint)
         check_buildable(self.kind, checkpoint)
         self.check_model_pairing()
+        #: the user LoRAs, ((path, strength), ...), checked (validation.check_user_loras)
+        self.loras = check_user_loras(loras, self.kind, checkpoint)
         # a stage's sampler may depend on the generation (the distilled stage 1 is ancestral from 2.5)
         self.spec = spec.for_version(self.kind.version)
         self.params = self.spec.params(self.kind.params)
@@ -138,7 +150,8 @@ class Pipeline(RequestValidation, PipelineDecoding):
         self._upsampler = None
         self._statistics = None
         self._distilled_lora = None
-        self._lora_strength: float | None = None
+        # the LoRAs fused now, ((path, strength), ...); None: a fresh transformer, nothing fused yet
+        self._lora_strength: tuple | None = None
         self._tracker: Tracker | None = None  # set while generate() runs
 
     @property
@@ -160,11 +173,13 @@ class Pipeline(RequestValidation, PipelineDecoding):
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, pipeline: str = "distilled", *, gemma=None, upsampler=None,
                         distilled_lora=None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
-                        memory_budget: int | None = None, memory: str = "auto", preflight: bool = True) -> Pipeline:
+                        memory_budget: int | None = None, memory: str = "auto", preflight: bool = True,
+                        loras=()) -> Pipeline:
         """``model``: an official .safetensors file, a convert.py folder or its HF repo id. A
         converted folder supplies the Gemma text encoder, the spatial ×2 upsampler and the
         distilled LoRA when it holds them; otherwise pass their paths (Gemma may be an HF repo id).
-        ``low_memory`` / ``memory_budget`` / ``memory`` / ``preflight``: the memory policy (see ``__init__``)."""
+        ``low_memory`` / ``memory_budget`` / ``memory`` / ``preflight``: the memory policy (see ``__init__``);
+        ``loras``: user LoRAs ``[(path, strength), ...]`` (``--lora PATH STRENGTH``; see ``__init__``)."""
         if pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
         spec = PIPELINES[pipeline]
@@ -203,7 +218,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
         if spec.two_stage:
             _check_x2_upsampler(upsampler)
         return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
-                   low_memory, memory_budget, memory, preflight)
+                   low_memory, memory_budget, memory, preflight, loras)
 
     # ----------------------------------------------------------------- validation
     # (the checks live in validation.RequestValidation)
@@ -261,23 +276,29 @@ class Pipeline(RequestValidation, PipelineDecoding):
         return self._transformer
 
     def model_for(self, stage: StageSpec):
-        """The transformer with the stage's distilled-LoRA strength: fused in place, and the
-        previous strength unfused first (one copy of the weights)."""
+        """The transformer with the stage's LoRAs fused in place: the user's LoRAs, then the distilled
+        LoRA at the stage's strength, aggregated in that order in one fusion (the reference's stages:
+        ``loras=(*loras, distilled_lora)``). Another stage's set is unfused first (one copy of the weights)."""
         model = self.transformer()
-        if stage.distilled_lora != self._lora_strength:
+        wanted = self.loras + (((self.distilled_lora_path, stage.distilled_lora),)
+                               if stage.distilled_lora is not None else ())
+        if wanted != self._lora_strength:
             from .models.lora import fuse_loras, load_lora, unfuse_loras
 
             index = self.spec.stages.index(stage) if stage in self.spec.stages else None
             with self._phase("lora", stage=index):
                 unfuse_loras(model)
+                # opened per fusion: lazy factors, read only while the touched layers are fused
+                loras = [(load_lora(path), strength) for path, strength in self.loras]
                 if stage.distilled_lora is not None:
                     if self._distilled_lora is None:
                         self._distilled_lora = load_lora(self.distilled_lora_path)
+                    loras.append((self._distilled_lora, stage.distilled_lora))
+                if loras:
                     # low memory: the restore re-reads the touched tensors from the checkpoint instead
                     # of keeping their originals (the distilled LoRA touches nearly every Linear)
-                    fuse_loras(model, [(self._distilled_lora, stage.distilled_lora)],
-                               restore_from=self.checkpoint if self.low_memory else None)
-            self._lora_strength = stage.distilled_lora
+                    fuse_loras(model, loras, restore_from=self.checkpoint if self.low_memory else None)
+            self._lora_strength = wanted
         return model
 
     def video_encoder(self):
@@ -523,7 +544,8 @@ class Pipeline(RequestValidation, PipelineDecoding):
             (audio_guider_params or self.params.audio_guider_params) if guided else None, audio,
             plan.memory if plan is not None else None, plan.passes_per_call if plan is not None else None,
             plan.prediction.peak if plan is not None and plan.prediction is not None else None,
-            plan.prediction.phase if plan is not None and plan.prediction is not None else None)
+            plan.prediction.phase if plan is not None and plan.prediction is not None else None,
+            loras=self.loras)
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, fps, seed, num_inference_steps, images,
                   output_path, audio, wav_path, enhance_prompt, video_guider_params, audio_guider_params, progress,

@@ -55,10 +55,13 @@ class GenerationSettings:
     predicted_peak_phase: str | None = None
     # the duration head's raw prediction in seconds, when num_frames was predicted (auto duration)
     predicted_seconds: float | None = None
+    # the user LoRAs fused in every stage, ((path, strength), ...)
+    loras: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["steps"] = list(self.steps)
+        d["loras"] = [[p, s] for p, s in self.loras]
         for k in ("video_guidance", "audio_guidance"):
             if d[k] is not None:
                 d[k] = {f: list(v) if isinstance(v, tuple) else v for f, v in d[k].items()}

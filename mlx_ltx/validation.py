@@ -217,3 +217,40 @@ def _check_x2_upsampler(path: str) -> None:
         kind = "temporal" if cfg.temporal_upsample else f"spatial x{scale:g}"
         raise ValueError(f"{what} is a {kind} upsampler; the two-stage pipelines need the spatial x2 one "
                          f"(ltx-2.3-spatial-upscaler-x2-*.safetensors)")
+
+
+def check_user_loras(loras, kind, checkpoint: Checkpoint, name: str = "loras") -> tuple[tuple[str, float], ...]:
+    """``[(path, strength), ...]`` (``loras=`` / ``--lora PATH STRENGTH``) checked from the files'
+    headers before anything loads: a file that exists, a finite strength, a key layout
+    ``models.lora.load_lora`` reads, a LoRA for this model's generation (``check_lora_generation``)
+    and layers the checkpoint's transformer has. Returns ``((path, strength), ...)``."""
+    from .generations import check_lora_generation
+    from .models.lora import load_lora, unmatched_targets_error
+
+    if loras is None:
+        return ()
+    if isinstance(loras, (str, os.PathLike)) or not hasattr(loras, "__iter__"):
+        raise ValueError(f"{name} must be a list of (path, strength) pairs; got {loras!r}")
+    out = []
+    keys = None
+    for i, item in enumerate(loras):
+        try:
+            path, strength = item
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}[{i}] must be a (path, strength) pair; got {item!r}") from None
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"{name}[{i}]: the path must be a file name; got {path!r}")
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LoRA file not found: {path} ({name})")
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+            raise ValueError(f"the strength of LoRA {path} ({name}) must be a finite number; got {strength!r}")
+        lora = load_lora(path)  # the layout and its keys, strictly (headers; ComfyUI alphas are scalars)
+        check_lora_generation(kind, path, lora.metadata)
+        if keys is None:
+            keys = checkpoint.component_keys("transformer")
+        missing = [pair.key_a for target, pair in lora.pairs.items() if f"{target}.weight" not in keys]
+        if missing:
+            raise unmatched_targets_error(lora, missing)
+        out.append((path, float(strength)))
+    return tuple(out)

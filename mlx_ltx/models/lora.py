@@ -1,5 +1,22 @@
 """LoRA adapters for the LTX transformer: strict loading, fusion into a loaded model, restore.
 
+Key layouts (:func:`load_lora` detects them by their keys):
+
+* ``trainer``: the official trainer's, the one the reference loads:
+  ``diffusion_model.<module>.lora_A.weight`` [r, in] / ``.lora_B.weight`` [out, r], no alpha.
+* ``comfyui``: ``diffusion_model.<module>.lora_down.weight`` (A) / ``.lora_up.weight`` (B) and an
+  optional scalar ``diffusion_model.<module>.alpha``. ComfyUI's convention: the delta is
+  ``(alpha / rank) · up @ down``, ``rank = lora_down.shape[0]`` (no alpha: 1).
+* ``diffusers``: ``transformer.<module>.lora_A.weight`` / ``.lora_B.weight`` with diffusers'
+  ``LTX2VideoTransformer3DModel`` module names (``proj_in`` for ``patchify_proj``, ``time_embed`` for
+  ``adaln_single``, ...: :data:`DIFFUSERS_MODULES`; block layers are named alike) and PEFT's
+  ``lora_adapter_metadata`` (``transformer.lora_alpha`` / ``transformer.r``, delta
+  ``(lora_alpha / r) · B @ A``; none: 1).
+
+A scale other than 1 is folded into B in float32 (``B' = float32(B) · scale``) before the
+reference's bf16 aggregation: exactly the reference's fusion of the same LoRA converted to the
+trainer layout with its B scaled that way (tests/reference/lora_layouts.py).
+
 Reference twins: ``ltx_core/loader/sd_ops.py :: LTXV_LORA_COMFY_RENAMING_MAP`` (key renaming),
 ``ltx_core/loader/fuse_loras.py :: aggregate_lora_products, _bf16_fuse, fuse_lora_weights``
 (the arithmetic) and ``ltx_core/loader/single_gpu_model_builder.py :: _load_model_weights``
@@ -14,6 +31,7 @@ the touched layers' original arrays are kept for the restore.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +47,23 @@ from .block_streaming import is_block_target
 LORA_KEY_PREFIX = "diffusion_model."
 LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
+COMFY_DOWN_SUFFIX = ".lora_down.weight"
+COMFY_UP_SUFFIX = ".lora_up.weight"
+COMFY_ALPHA_SUFFIX = ".alpha"
+DIFFUSERS_PREFIX = "transformer."
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+# diffusers' LTX2VideoTransformer3DModel top-level modules -> the reference's (its LTX-2 checkpoint
+# conversion renames these; every block layer keeps its name)
+DIFFUSERS_MODULES = {
+    "proj_in": "patchify_proj", "audio_proj_in": "audio_patchify_proj",
+    "time_embed": "adaln_single", "audio_time_embed": "audio_adaln_single",
+    "prompt_adaln": "prompt_adaln_single", "audio_prompt_adaln": "audio_prompt_adaln_single",
+    "av_cross_attn_video_scale_shift": "av_ca_video_scale_shift_adaln_single",
+    "av_cross_attn_audio_scale_shift": "av_ca_audio_scale_shift_adaln_single",
+    "av_cross_attn_video_a2v_gate": "av_ca_a2v_gate_adaln_single",
+    "av_cross_attn_audio_v2a_gate": "av_ca_v2a_gate_adaln_single",
+}
+LAYOUTS = ("trainer", "comfyui", "diffusers")
 # The reference's transformer state dict still holds the embeddings connectors (its SDOps select
 # every ``model.diffusion_model.*`` key), so a LoRA factor aimed at them is fused there and then
 # dropped by ``load_state_dict(strict=False)``: it never changes the model. Those are skipped here.
@@ -51,10 +86,16 @@ class LoRAPair:
     key_a: str
     key_b: str
     path: str = ""  # the file, to re-open the factors lazily (streamed blocks)
+    scale: float = 1.0  # the layout's alpha scaling, folded into B (module docstring)
 
     @property
     def rank(self) -> int:
         return self.a.shape[0]
+
+    @property
+    def scaled_b(self) -> mx.array:
+        """B with the layout's scale applied in float32 (B itself when the scale is 1)."""
+        return self.b if self.scale == 1.0 else self.b.astype(mx.float32) * self.scale
 
 
 @dataclass
@@ -65,42 +106,118 @@ class LoRA:
     pairs: dict[str, LoRAPair]
     skipped: tuple[str, ...] = ()  # connector targets (see CONNECTOR_TARGETS)
     metadata: dict[str, Any] = field(default_factory=dict)
+    layout: str = "trainer"  # one of LAYOUTS
 
     def __repr__(self) -> str:
         ranks = sorted({p.rank for p in self.pairs.values()})
-        return f"LoRA({self.path!r}, {len(self.pairs)} layers, rank {ranks})"
+        return f"LoRA({self.path!r}, {self.layout} layout, {len(self.pairs)} layers, rank {ranks})"
 
 
-def load_lora(path: str | os.PathLike) -> LoRA:
-    """Open a LoRA in the official layout (``diffusion_model.<path>.lora_{A,B}.weight``).
+def _more(items: Sequence[str], n: int = 8) -> str:
+    items = sorted(items)
+    return f"{items[:n]}" + (f" and {len(items) - n} more" if len(items) > n else "")
 
-    The reference only ever reads ``lora_A``/``lora_B`` pairs and silently ignores every other
-    tensor (``.alpha``, ``diff``, ``diff_b``, a factor without its partner); it applies no
-    alpha/rank scaling. Any such tensor would be lost without notice, so it is an error here."""
-    ckpt = Checkpoint(path)
-    src = ckpt.path
+
+def detect_layout(keys: Sequence[str]) -> str:
+    """``trainer``, ``comfyui`` or ``diffusers`` (module docstring), from a LoRA file's keys."""
+    if any(k.startswith(DIFFUSERS_PREFIX) for k in keys):
+        return "diffusers"
+    if any(k.endswith((COMFY_DOWN_SUFFIX, COMFY_UP_SUFFIX)) for k in keys):
+        return "comfyui"
+    return "trainer"
+
+
+def _diffusers_scale(src: str, metadata: dict[str, Any]) -> float:
+    """PEFT's scaling of a diffusers LoRA: ``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``) from its
+    ``lora_adapter_metadata``; 1 without one (diffusers then takes ``lora_alpha = r``)."""
+    raw = metadata.get(DIFFUSERS_METADATA_KEY)
+    if raw is None:
+        return 1.0
+    import json
+
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (ValueError, TypeError):
+        raise LoRAError(f"{src}: its {DIFFUSERS_METADATA_KEY!r} metadata is not JSON") from None
+    get = lambda name: meta.get(f"{DIFFUSERS_PREFIX}{name}")  # noqa: E731
+    if get("use_dora"):
+        raise LoRAError(f"{src}: a DoRA adapter (use_dora); only plain LoRA factors can be fused")
+    if get("rank_pattern") or get("alpha_pattern"):
+        raise LoRAError(f"{src}: per-layer rank_pattern / alpha_pattern in {DIFFUSERS_METADATA_KEY!r} are not "
+                        f"supported; only one lora_alpha and r for the transformer")
+    alpha, r = get("lora_alpha"), get("r")
+    if alpha is None and r is None:
+        return 1.0
+    if not isinstance(alpha, (int, float)) or not isinstance(r, (int, float)) or r <= 0:
+        raise LoRAError(f"{src}: {DIFFUSERS_METADATA_KEY!r} has transformer.lora_alpha {alpha!r} and "
+                        f"transformer.r {r!r}; both must be numbers")
+    return float(alpha) / (math.sqrt(r) if get("use_rslora") else float(r))
+
+
+def _layout_factors(keys: Sequence[str], layout: str) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """{target module path: {"a", "b"[, "alpha"]: file key}} and the keys that are none of those."""
+    if layout == "diffusers":
+        slots = ((LORA_A_SUFFIX, "a"), (LORA_B_SUFFIX, "b"))
+    elif layout == "comfyui":
+        slots = ((COMFY_DOWN_SUFFIX, "a"), (COMFY_UP_SUFFIX, "b"), (COMFY_ALPHA_SUFFIX, "alpha"))
+    else:
+        slots = ((LORA_A_SUFFIX, "a"), (LORA_B_SUFFIX, "b"))
     factors: dict[str, dict[str, str]] = {}
     bad: list[str] = []
-    for key in ckpt.shapes:
-        name = key.replace(LORA_KEY_PREFIX, "")
-        for suffix, slot in ((LORA_A_SUFFIX, "a"), (LORA_B_SUFFIX, "b")):
+    for key in keys:
+        if layout == "diffusers":
+            if not key.startswith(DIFFUSERS_PREFIX):
+                bad.append(key)
+                continue
+            name = key[len(DIFFUSERS_PREFIX):]
+            head, dot, rest = name.partition(".")
+            name = DIFFUSERS_MODULES.get(head, head) + dot + rest
+        else:
+            name = key.replace(LORA_KEY_PREFIX, "")
+        for suffix, slot in slots:
             if name.endswith(suffix):
                 target = name[: -len(suffix)]
                 if slot in factors.setdefault(target, {}):
-                    raise LoRAError(f"{src}: {key!r} and {factors[target][slot]!r} name the same target {target!r}")
+                    raise LoRAError(f"{key!r} and {factors[target][slot]!r} name the same target {target!r}")
                 factors[target][slot] = key
                 break
         else:
             bad.append(key)
+    return factors, bad
+
+
+_EXPECTED = {
+    "trainer": (f"'diffusion_model.<module>{LORA_A_SUFFIX}' / '{LORA_B_SUFFIX}' pairs, with no alpha (the reference "
+                f"ignores an alpha next to lora_A/lora_B; ComfyUI's layout with alpha names them lora_down/lora_up)"),
+    "comfyui": f"'diffusion_model.<module>{COMFY_DOWN_SUFFIX}' / '{COMFY_UP_SUFFIX}' pairs and '<module>.alpha'",
+    "diffusers": f"'transformer.<module>{LORA_A_SUFFIX}' / '{LORA_B_SUFFIX}' pairs of the transformer",
+}
+
+
+def load_lora(path: str | os.PathLike) -> LoRA:
+    """Open a LoRA in any of :data:`LAYOUTS` (module docstring), detected from its keys.
+
+    Strict: the reference silently ignores every tensor that is not a ``lora_A``/``lora_B`` pair
+    (an ``.alpha``, ``diff``, ``diff_b``, DoRA magnitudes, a factor without its partner); any such
+    tensor, or a key of another layout or another model (a diffusers file's text encoder), would be
+    lost without notice, so it is an error naming the keys."""
+    ckpt = Checkpoint(path)
+    src = ckpt.path
+    layout = detect_layout(list(ckpt.shapes))
+    try:
+        factors, bad = _layout_factors(list(ckpt.shapes), layout)
+    except LoRAError as e:
+        raise LoRAError(f"{src}: {e}") from None
     if bad:
-        raise LoRAError(f"{src}: tensors that are not LoRA factors (only '<path>{LORA_A_SUFFIX}' / "
-                        f"'<path>{LORA_B_SUFFIX}' pairs are fused, with no alpha scaling): {sorted(bad)[:8]}"
-                        + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    unpaired = sorted(next(iter(f.values())) for f in factors.values() if len(f) != 2)
+        raise LoRAError(f"{src} ({layout} layout): tensors that are not LoRA factors of the transformer (only "
+                        f"{_EXPECTED[layout]} are fused): {_more(bad)}")
+    unpaired = sorted(next(iter(f.values())) for f in factors.values() if not ("a" in f and "b" in f))
     if unpaired:
-        raise LoRAError(f"{src}: LoRA factors without their lora_A/lora_B partner: {unpaired[:8]}")
+        names = "lora_down/lora_up" if layout == "comfyui" else "lora_A/lora_B"
+        raise LoRAError(f"{src}: LoRA factors without their {names} partner: {unpaired[:8]}")
 
     arrays = mx.load(src)  # lazy: nothing is read before a layer is fused
+    file_scale = _diffusers_scale(src, ckpt.metadata) if layout == "diffusers" else 1.0
     pairs: dict[str, LoRAPair] = {}
     skipped = []
     for target, f in sorted(factors.items()):
@@ -110,14 +227,21 @@ def load_lora(path: str | os.PathLike) -> LoRA:
                 raise LoRAError(f"{src}: {k!r} has dtype {ckpt.dtypes[k]}; LoRA factors must be float")
         sa, sb = ckpt.shapes[ka], ckpt.shapes[kb]
         if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1]:
-            raise LoRAError(f"{src}: {ka!r} {list(sa)} and {kb!r} {list(sb)} are not A [rank, in] and B [out, rank]")
+            raise LoRAError(f"{src}: {ka!r} {list(sa)} and {kb!r} {list(sb)} are not A [rank, in] and B [out, rank]"
+                            f" of one rank")
+        scale = file_scale
+        if "alpha" in f:  # ComfyUI: alpha / rank, rank = lora_down.shape[0]
+            alpha = arrays[f["alpha"]]
+            if alpha.size != 1:
+                raise LoRAError(f"{src}: {f['alpha']!r} has shape {list(alpha.shape)}; an alpha is one number")
+            scale = float(alpha.astype(mx.float32).item()) / sa[0]
         if target.startswith(CONNECTOR_TARGETS):
             skipped.append(target)
             continue
-        pairs[target] = LoRAPair(arrays[ka], arrays[kb], ka, kb, src)
+        pairs[target] = LoRAPair(arrays[ka], arrays[kb], ka, kb, src, scale)
     if not pairs:
         raise LoRAError(f"{src}: no LoRA factors for the transformer")
-    return LoRA(src, pairs, tuple(skipped), ckpt.metadata)
+    return LoRA(src, pairs, tuple(skipped), ckpt.metadata, layout)
 
 
 def aggregate_lora_products(products: Sequence[tuple[LoRAPair, float]]) -> mx.array:
@@ -127,9 +251,11 @@ def aggregate_lora_products(products: Sequence[tuple[LoRAPair, float]]) -> mx.ar
     aggregated = None
     for pair, strength in products:
         a = pair.a.astype(AGGREGATION_DTYPE)
-        b = pair.b.astype(AGGREGATION_DTYPE)
+        b = pair.scaled_b.astype(AGGREGATION_DTYPE)
         if aggregated is None:
-            aggregated = (b * strength) @ a
+            # torch's bf16 · Python float: the product in float32, rounded once (an MLX bf16 · float
+            # would round the strength to bf16 first: 0.8 -> 0.80078125)
+            aggregated = (b.astype(mx.float32) * strength).astype(AGGREGATION_DTYPE) @ a
         else:
             aggregated = mx.addmm(aggregated, b, a, alpha=strength)
     return aggregated
@@ -148,12 +274,24 @@ def _linear_dims(layer: nn.Module) -> tuple[int, int]:
     return tuple(layer.weight.shape)
 
 
+def unmatched_targets_error(lora: LoRA, missing: Sequence[str]) -> LoRAError:
+    """The error for LoRA keys (``missing``: A-factor keys) whose module the transformer lacks."""
+    if len(missing) == len(lora.pairs):  # not one layer: another model's LoRA, or a layout misread
+        return LoRAError(f"{lora.path} ({lora.layout} layout) names no layer of this transformer (a LoRA for "
+                         f"another model?); unmatched keys: {_more(missing, 5)}")
+    return LoRAError(f"{lora.path} ({lora.layout} layout): {len(missing)} of its {len(lora.pairs)} layers are not "
+                     f"in this transformer: {_more(missing, 5)}")
+
+
 def _check_targets(model: nn.Module, loras: Sequence[tuple[LoRA, float]]) -> dict[str, nn.Module]:
     """Every target must be a Linear of ``model`` with matching shapes; all problems at once."""
     modules = dict(model.named_modules())
     layers: dict[str, nn.Module] = {}
     errors = []
     for lora, _ in loras:
+        missing = [pair.key_a for target, pair in lora.pairs.items() if target not in modules]
+        if len(missing) == len(lora.pairs):
+            raise unmatched_targets_error(lora, missing)
         for target, pair in lora.pairs.items():
             layer = modules.get(target)
             if not isinstance(layer, (nn.Linear, nn.QuantizedLinear)):
@@ -281,7 +419,7 @@ def reopened_pair(pair: LoRAPair, opened: dict[str, dict[str, mx.array]]) -> LoR
         return pair
     if path not in opened:
         opened[path] = mx.load(path)
-    return LoRAPair(opened[path][pair.key_a], opened[path][pair.key_b], pair.key_a, pair.key_b, path)
+    return LoRAPair(opened[path][pair.key_a], opened[path][pair.key_b], pair.key_a, pair.key_b, path, pair.scale)
 
 
 def unfuse_loras(model: nn.Module) -> bool:
