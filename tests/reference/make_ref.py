@@ -28,7 +28,7 @@ REPORT.txt):
 
 Any other variant/seed makes a set for ``MLX_LTX_REFERENCE_DIR`` (e.g. ``--variant alt --seed 7``).
 LTX-2.5 split-layout sets (tiny25, real25) come from make_ref_25.py (FORMAT-25.md), which imports this module.
-Flags: --no-gemma, --no-pipeline, --no-e2e.
+Flags: --no-gemma, --no-pipeline, --no-e2e, --no-more-pipelines.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ from ltx_core.types import AudioLatentShape, SpatioTemporalScaleFactors, VideoLa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from variants import VARIANTS, get_variant  # noqa: E402
+from lora_layouts import lora_layouts_golden  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Normalization layers, by type. Their gains (every parameter but a bias) start around 1: at ~0.1 the
@@ -205,6 +206,8 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-pipeline", action="store_true", help="skip golden_pipeline.safetensors")
     ap.add_argument("--no-e2e", action="store_true", help="skip golden_e2e.safetensors (the pipeline classes)")
+    ap.add_argument("--no-more-pipelines", action="store_true",
+                    help="skip the issue-14 pipelines' goldens (pipeline_goldens_14.py, FORMAT.md §7)")
     args = ap.parse_args()
     V = get_variant(args.variant)
     SEED = args.seed
@@ -372,6 +375,9 @@ def main() -> None:  # noqa: PLR0915
 
         # ---- LoRA fusion: random test LoRAs, fused by the reference's own builder path
         gold["lora"], lora_files = lora_golden(args.out, PREFIX, ckpt_path, R_tr, video, audio, SEED, report)
+        gold["lora_layouts"], layout_files = lora_layouts_golden(args.out, PREFIX, ckpt_path, lora_files, report,
+                                                                 canonicalize_header)  # lora_layouts.py
+        lora_files = {**lora_files, **layout_files}
 
         # ---- video VAE encode / decode (SpaceToDepth + DepthToSpace, causal convs)
         vf, vh, vw = V["vae_grid"]
@@ -561,6 +567,17 @@ def main() -> None:  # noqa: PLR0915
             lora_path=os.path.join(args.out, lora_files["test"]), gemma_dir=os.path.join(args.out, "tiny-gemma3"),
             V=V, seed=SEED, latent_c=LATENT_C, audio_z=A_Z, audio_mel_lat=A_MEL_LAT, report=report)
 
+    more_meta = {}
+    if e2e_meta is not None and not args.no_more_pipelines:  # keyframe interpolation, IC-LoRA, a2vid, retake, t2a
+        from pipeline_goldens_14 import more_pipeline_goldens
+
+        more, more_meta = more_pipeline_goldens(
+            out_dir=args.out, prefix=PREFIX, ckpt_path=ckpt_path,
+            upsampler_path=os.path.join(args.out, f"{PREFIX}-spatial-x2-upscaler.safetensors"),
+            lora_path=os.path.join(args.out, lora_files["test"]), gemma_dir=os.path.join(args.out, "tiny-gemma3"),
+            V=V, seed=SEED, latent_c=LATENT_C, audio_z=A_Z, audio_mel_lat=A_MEL_LAT, report=report)
+        gold.update(more)
+
     for name, tensors in gold.items():
         save_file({k: v.detach().clone().contiguous() for k, v in tensors.items() if v is not None},
                   os.path.join(args.out, f"golden_{name}.safetensors"))
@@ -574,6 +591,7 @@ def main() -> None:  # noqa: PLR0915
     }
     if e2e_meta is not None:
         manifest["e2e"] = e2e_meta
+    manifest.update(more_meta)  # FORMAT.md §7: one section per pipeline, and "inputs"
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     report.append(f"total {time.time() - t0:.1f}s")
