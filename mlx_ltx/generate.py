@@ -84,7 +84,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     model.add_argument("--pipeline", default="distilled", choices=sorted(PIPELINES, key=list(PIPELINES).index),
                        help="distilled: distilled checkpoint, 8+3 steps; dev: one guided stage at full size; "
                             "dev-two-stage: guided half-size stage + distilled-LoRA refinement; "
-                            "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5")
+                            "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5; keyframe-interpolation: "
+                            "dev-two-stage with every --image a guiding keyframe")
     model.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
                        help="Gemma-3 folder or HF repo id (LTX-2.3), or the Gemma-4 text-encoder file (LTX-2.5) "
                             "(default: the model folder's text encoder)")

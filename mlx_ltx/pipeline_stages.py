@@ -149,7 +149,14 @@ DEV_TWO_STAGE_HQ = PipelineSpec("dev-two-stage-hq", (
     StageSpec(2, _S.SCHEDULER_WITH_LATENT, _D.GUIDED, Stepper.RES2S, distilled_lora=0.25, keeps_audio=True),
     StageSpec(1, _S.STAGE_2, _D.SIMPLE, Stepper.RES2S, distilled_lora=0.5)), hq_params=True)
 
-PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (DISTILLED, DEV, DEV_TWO_STAGE, DEV_TWO_STAGE_HQ)}
+# KeyframeInterpolationPipeline: DEV_TWO_STAGE's stages with every image a guiding keyframe (none
+# replaces the first latent) and the stage-2 audio kept
+KEYFRAME_INTERPOLATION = PipelineSpec("keyframe-interpolation", (
+    StageSpec(2, _S.SCHEDULER, _D.GUIDED_FACTORY),
+    StageSpec(1, _S.STAGE_2, _D.SIMPLE, distilled_lora=1.0, keeps_audio=True)), image_conditioning="guiding")
+
+PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (DISTILLED, DEV, DEV_TWO_STAGE, DEV_TWO_STAGE_HQ,
+                                                          KEYFRAME_INTERPOLATION)}
 
 
 class Contexts(NamedTuple):
