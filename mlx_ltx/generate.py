@@ -85,7 +85,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                        help="distilled: distilled checkpoint, 8+3 steps; dev: one guided stage at full size; "
                             "dev-two-stage: guided half-size stage + distilled-LoRA refinement; "
                             "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5; keyframe-interpolation: "
-                            "dev-two-stage with every --image a guiding keyframe")
+                            "dev-two-stage with every --image a guiding keyframe; t2a: text to audio, one guided "
+                            "stage, no video (--output .wav or .m4a)")
     model.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
                        help="Gemma-3 folder or HF repo id (LTX-2.3), or the Gemma-4 text-encoder file (LTX-2.5) "
                             "(default: the model folder's text encoder)")
@@ -195,8 +196,11 @@ class _Reporter:
 
         st = e.settings
         self._err(f"pipeline  {st.pipeline}" + (f"  ({self.model})" if self.model else ""))
-        self._err(f"video     {st.width}x{st.height}, {st.num_frames} frames at {st.fps:g} fps "
-                  f"({st.num_frames / st.fps:.2f} s){', with audio' if st.audio else ', no audio'}")
+        if st.pipeline in PIPELINES and not PIPELINES[st.pipeline].video:
+            self._err(f"audio     {st.num_frames} frames at {st.fps:g} fps ({st.num_frames / st.fps:.2f} s), no video")
+        else:
+            self._err(f"video     {st.width}x{st.height}, {st.num_frames} frames at {st.fps:g} fps "
+                      f"({st.num_frames / st.fps:.2f} s){', with audio' if st.audio else ', no audio'}")
         if st.predicted_seconds is not None:
             self._err(f"duration  predicted {st.predicted_seconds:.2f} s by the duration head, snapped to "
                       f"{st.num_frames} frames")
@@ -206,7 +210,7 @@ class _Reporter:
                 self._err(f"guidance  {name}: cfg {g.cfg_scale:g}, stg {g.stg_scale:g} on blocks "
                           f"{list(g.stg_blocks)}, rescale {g.rescale_scale:g}, modality {g.modality_scale:g}, "
                           f"skip step {g.skip_step}")
-        if st.video_guidance is None:
+        if st.video_guidance is None and st.audio_guidance is None:
             self._err("guidance  none (distilled)")
         for path, strength in st.loras:
             self._err(f"lora      {path} at {strength:g}")
@@ -326,8 +330,12 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
             auto_duration=None if args.auto_duration is None else tuple(args.auto_duration))
     finally:
         reporter.close()
-    print(f"wrote {result.path} ({result.frames.shape[0]} frames {result.frames.shape[2]}x{result.frames.shape[1]}"
-          f" at {result.fps:g} fps{', with audio' if result.audio is not None else ''})")
+    if result.frames is None:  # audio only (t2a)
+        print(f"wrote {result.path} ({result.audio.shape[1] / result.sample_rate:.2f} s of audio at "
+              f"{result.sample_rate} Hz)")
+    else:
+        print(f"wrote {result.path} ({result.frames.shape[0]} frames {result.frames.shape[2]}x{result.frames.shape[1]}"
+              f" at {result.fps:g} fps{', with audio' if result.audio is not None else ''})")
     return 0
 
 

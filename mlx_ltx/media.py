@@ -149,13 +149,16 @@ def fit_audio_to_video(audio, num_frames: int, fps: float, sample_rate: int) -> 
     return np.pad(x, pad)
 
 
-def check_output_path(path, suffix: str = ".mp4", *, overwrite: bool = False, what: str = "output_path") -> Path:
-    """Refuse an output path before any work is done: it must end in ``suffix``, must not be a
-    folder, its folder must exist and be writable, and an existing file is refused unless
-    ``overwrite`` (then it is replaced atomically only once the new file is complete). ``what``
-    names the argument (or CLI flag) in the errors."""
+def check_output_path(path, suffix: str | tuple[str, ...] = ".mp4", *, overwrite: bool = False,
+                      what: str = "output_path") -> Path:
+    """Refuse an output path before any work is done: it must end in ``suffix`` (or one of them),
+    must not be a folder, its folder must exist and be writable, and an existing file is refused
+    unless ``overwrite`` (then it is replaced atomically only once the new file is complete).
+    ``what`` names the argument (or CLI flag) in the errors."""
     target = Path(path)
-    if target.suffix.lower() != suffix:
+    suffixes = (suffix,) if isinstance(suffix, str) else tuple(suffix)
+    suffix = " or ".join(suffixes)
+    if target.suffix.lower() not in suffixes:
         raise ValueError(f"{what} must end in {suffix}; got {os.fspath(path)!r}")
     if target.is_dir():
         raise ValueError(f"{what} {os.fspath(path)!r} is a folder; give a file name ending in {suffix}")
@@ -240,6 +243,36 @@ def write_wav(path, audio, sample_rate: int) -> Path:
     except BaseException:
         _unlink(tmp)
         raise
+    return target
+
+
+AUDIO_OUTPUT_SUFFIXES = (".wav", ".m4a")
+
+
+def write_audio(path, audio, sample_rate: int) -> Path:
+    """An audio-only output, atomically: 16-bit PCM for ``.wav``, AAC (the mp4 writer's bitrate) in
+    an ``.m4a`` for ``.m4a``; ``audio`` as in :func:`write_video`."""
+    target = Path(path)
+    if target.suffix.lower() == ".wav":
+        return write_wav(target, audio, sample_rate)
+    if target.suffix.lower() != ".m4a":
+        raise ValueError(f"write_audio: the file must end in {' or '.join(AUDIO_OUTPUT_SUFFIXES)}; got {target}")
+    samples, rate = _stereo_int16(audio, sample_rate, "write_audio")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp, wav = _partial_path(target), _partial_path(target.with_suffix(".wav"))
+    with tempfile.TemporaryFile() as log:
+        try:
+            _write_wav_file(wav, samples, rate)
+            cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav),
+                   "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-f", "ipod", str(tmp)]
+            if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log).returncode != 0:
+                raise RuntimeError(f"ffmpeg could not write {target}: {_stderr_tail(log)}")
+            os.replace(tmp, target)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        finally:
+            _unlink(wav)
     return target
 
 

@@ -96,6 +96,11 @@ class PipelineSpec:
     # how images become conditioning items (conditioning.IMAGE_CONDITIONINGS): frame 0 replaces
     # the first latent ("replace-first", combined_image_conditionings) or every image guides
     image_conditioning: str = "replace-first"
+    # what the stages are fed (stage_inputs.STAGE_INPUT_BUILDERS) and which StageRequest fields
+    # beyond the images the pipeline takes; video=False: no video stream (text-to-audio)
+    inputs: str = "images"
+    takes: tuple[str, ...] = ()
+    video: bool = True
 
     @property
     def two_stage(self) -> bool:
@@ -127,8 +132,13 @@ class PipelineSpec:
         return replace(self, stages=tuple(resolve(s) for s in self.stages))
 
     def params(self, detected: PipelineParams) -> PipelineParams:
-        """Default steps and guider params: the checkpoint generation's (``detect_params``), or HQ's."""
-        return LTX_2_3_HQ_PARAMS if self.hq_params else detected
+        """Default steps and guider params: the checkpoint generation's (``detect_params``), or HQ's.
+        Without a video stream the audio's cross-modal guidance has nothing to isolate: off (1), as
+        the reference's text-to-audio CLI sets it."""
+        params = LTX_2_3_HQ_PARAMS if self.hq_params else detected
+        if not self.video:
+            params = replace(params, audio_guider_params=replace(params.audio_guider_params, modality_scale=1.0))
+        return params
 
 
 _S = SigmaSource
@@ -155,8 +165,12 @@ KEYFRAME_INTERPOLATION = PipelineSpec("keyframe-interpolation", (
     StageSpec(2, _S.SCHEDULER, _D.GUIDED_FACTORY),
     StageSpec(1, _S.STAGE_2, _D.SIMPLE, distilled_lora=1.0, keeps_audio=True)), image_conditioning="guiding")
 
+# T2AOneStagePipeline: one guided stage with no video stream (the reference's placeholder grid)
+T2A = PipelineSpec("t2a", (StageSpec(1, _S.SCHEDULER, _D.GUIDED_FACTORY, keeps_audio=True),), inputs="audio-only",
+                   video=False)
+
 PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (DISTILLED, DEV, DEV_TWO_STAGE, DEV_TWO_STAGE_HQ,
-                                                          KEYFRAME_INTERPOLATION)}
+                                                          KEYFRAME_INTERPOLATION, T2A)}
 
 
 class Contexts(NamedTuple):
@@ -193,10 +207,11 @@ class ModalitySpec:
 
 
 class StageInputs(NamedTuple):
-    """What a stage gets from its pipeline for each stream: the conditioning extension point."""
+    """What a stage gets from its pipeline for each stream: the conditioning extension point.
+    None: the stage has no such stream (text-to-audio's video)."""
 
-    video: ModalitySpec = ModalitySpec()
-    audio: ModalitySpec = ModalitySpec()
+    video: ModalitySpec | None = ModalitySpec()
+    audio: ModalitySpec | None = ModalitySpec()
 
 
 class StageRuntime(Protocol):
@@ -215,8 +230,8 @@ class StageRuntime(Protocol):
 
 @dataclass(frozen=True)
 class StageOutput:
-    video_latent: mx.array  # [B, C, F, H, W]
-    audio_latent: mx.array  # [B, Ca, T, M]
+    video_latent: mx.array | None  # [B, C, F, H, W]; None without a video stream
+    audio_latent: mx.array | None  # [B, Ca, T, M]
 
 
 def stage_sigmas(stage: StageSpec, steps: int, video_tools: VideoLatentTools) -> mx.array:
@@ -230,14 +245,16 @@ def stage_sigmas(stage: StageSpec, steps: int, video_tools: VideoLatentTools) ->
 
 
 def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModalGuiderParams,
-                  audio_params: MultiModalGuiderParams, max_batch_size: int | None = 1):
-    vc, ac = contexts.video, contexts.audio
+                  audio_params: MultiModalGuiderParams, max_batch_size: int | None = 1, video: bool = True):
+    """``video=False``: the stage has no video stream (text-to-audio: no video context, no video guider)."""
+    vc, ac = (contexts.video if video else None), contexts.audio
     if stage.denoiser is DenoiserKind.SIMPLE:
         return SimpleDenoiser(vc, ac)
-    if contexts.video_negative is None or contexts.audio_negative is None:
+    if (video and contexts.video_negative is None) or contexts.audio_negative is None:
         raise ValueError("a guided stage needs the negative prompt's contexts")
     if stage.denoiser is DenoiserKind.GUIDED_FACTORY:
-        return FactoryGuidedDenoiser(vc, ac, MultiModalGuiderFactory.constant(video_params, contexts.video_negative),
+        video_factory = MultiModalGuiderFactory.constant(video_params, contexts.video_negative) if video else None
+        return FactoryGuidedDenoiser(vc, ac, video_factory,
                                      MultiModalGuiderFactory.constant(audio_params, contexts.audio_negative),
                                      max_batch_size=max_batch_size)
     return GuidedDenoiser(vc, ac, MultiModalGuider(video_params, contexts.video_negative),
@@ -276,6 +293,9 @@ def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: 
     states = []
     for name, tools, spec, init in (("video", video_tools, inputs.video, initial and initial.video_latent),
                                     ("audio", audio_tools, inputs.audio, initial and initial.audio_latent)):
+        if spec is None:  # no such stream (text-to-audio has no video)
+            states.append(None)
+            continue
         init = spec.initial_latent if spec.initial_latent is not None else init
         scale = default_scale if spec.noise_scale is None else spec.noise_scale
         # DiffusionStage._build_state: create_noised_state (the draw is made even when frozen), then freeze
@@ -284,11 +304,11 @@ def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: 
         if spec.frozen:
             state = replace(state, denoise_mask=mx.zeros_like(state.denoise_mask), frozen=True)
         states.append(state)
-    denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size)
+    denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size, video=states[0] is not None)
     stepper = make_stepper(stage, sde_noise, ancestral_noise(noise, index))
     video, audio = denoise_loop(model, states[0], states[1], sigmas, denoiser, stepper, on_step=on_step)
-    return StageOutput(video_tools.unpatchify(video_tools.clear_conditioning(video).latent),
-                       audio_tools.unpatchify(audio_tools.clear_conditioning(audio).latent))
+    return StageOutput(None if video is None else video_tools.unpatchify(video_tools.clear_conditioning(video).latent),
+                       None if audio is None else audio_tools.unpatchify(audio_tools.clear_conditioning(audio).latent))
 
 
 @dataclass
@@ -339,7 +359,7 @@ def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geo
                              video_params=video_params, audio_params=audio_params, initial=initial, dtype=dtype,
                              sde_noise=sde_noise(index) if sde_noise else None, max_batch_size=max_batch_size,
                              on_step=on_step)
-        mx.eval(previous.video_latent, previous.audio_latent)
+        mx.eval([x for x in (previous.video_latent, previous.audio_latent) if x is not None])
         outputs.append(previous)
         if trace is not None:
             trace.sigmas.append(stage_sigma)

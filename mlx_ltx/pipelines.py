@@ -38,12 +38,11 @@ from .models.duration_head import (
     resolve_num_frames,
     validate_auto_duration,
 )
-from .media import fit_audio_to_video, write_video
+from .media import AUDIO_OUTPUT_SUFFIXES, fit_audio_to_video, write_audio, write_video
 from .pipeline_stages import (
     PIPELINES,
     Contexts,
     Geometry,
-    ModalitySpec,
     NoiseProvider,
     PipelineSpec,
     SeededNoise,
@@ -54,6 +53,7 @@ from .pipeline_stages import (
     run_stages,
 )
 from .pipeline_decode import PipelineDecoding, release_memory as _release
+from .stage_inputs import StageRequest, stage_inputs_builder
 from .progress import GenerationSettings, ProgressEvent, Tracker
 from .sampling import distilled_sigmas, stage2_distilled_sigmas
 from .memory_policy import MEMORY_CHOICES, MemoryPlan, estimate_model_bytes, plan_memory, unplanned
@@ -282,7 +282,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
         model = self.transformer()
         wanted = self.loras + (((self.distilled_lora_path, stage.distilled_lora),)
                                if stage.distilled_lora is not None else ())
-        if wanted != self._lora_strength:
+        if wanted != (self._lora_strength or ()):  # None: a fresh model, nothing fused
             from .models.lora import fuse_loras, load_lora, unfuse_loras
 
             index = self.spec.stages.index(stage) if stage in self.spec.stages else None
@@ -339,8 +339,8 @@ class Pipeline(RequestValidation, PipelineDecoding):
                 video_guider_params: MultiModalGuiderParams | None = None,
                 audio_guider_params: MultiModalGuiderParams | None = None, noise: NoiseProvider | int = 42,
                 sigmas: dict | None = None, sde_noise=None, max_batch_size: int | None = 0,
-                trace: StageTrace | None = None, progress=None, crf_threads: int | None = None
-                ) -> tuple[mx.array, mx.array]:
+                trace: StageTrace | None = None, progress=None, crf_threads: int | None = None,
+                request: StageRequest | None = None) -> tuple[mx.array | None, mx.array]:
         """The stages: (video latent [1,C,F,H,W], audio latent [1,Ca,T,M]). ``noise``: a seed or a
         ``(shape, dtype, label) -> array`` provider (tests inject the reference's draws);
         ``crf_threads``: the images' H.264 round trip (``conditioning.preprocess``); ``max_batch_size``:
@@ -352,8 +352,9 @@ class Pipeline(RequestValidation, PipelineDecoding):
         self.check_request(num_frames, height, width, fps, images, steps)
         geometry = Geometry(num_frames, height, width, float(fps))
         noise = SeededNoise(noise) if isinstance(noise, int) else noise
+        request = StageRequest(tuple(images)) if request is None else request
         with self._phase("image_encode") if images else contextlib.nullcontext():
-            per_stage = self._stage_conditionings(images, geometry, crf_threads)
+            per_stage = stage_inputs_builder(self.spec.inputs)(self, request, geometry, crf_threads)
         runtime = _Runtime(self, per_stage)
         tracker = getattr(self, "_tracker", None)
         on_stage = None
@@ -407,9 +408,17 @@ class Pipeline(RequestValidation, PipelineDecoding):
                  audio_guider_params: MultiModalGuiderParams | None = None, progress=None,
                  noise: NoiseProvider | None = None, sde_noise=None, crf_threads: int | None = None,
                  overwrite: bool = False, events: Callable[[ProgressEvent], None] | None = None,
-                 auto_duration: tuple[float, float] | None = None) -> GenerationResult:
+                 auto_duration: tuple[float, float] | None = None, audio_path: str | os.PathLike | None = None,
+                 video_path: str | os.PathLike | None = None, video_conditioning=(), start_time: float | None = None,
+                 end_time: float | None = None, regenerate_video: bool = True,
+                 regenerate_audio: bool = True) -> GenerationResult:
         """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
-        when given. Sizes default to the reference's (final size for two-stage pipelines).
+        when given. Sizes default to the reference's (final size for two-stage pipelines). The
+        text-to-audio pipeline (``t2a``) makes audio only: no sizes or images, ``output_path`` a
+        ``.wav`` or ``.m4a``, ``frames`` None in the result. ``audio_path``, ``video_path``,
+        ``video_conditioning``, ``start_time`` / ``end_time`` and ``regenerate_video`` /
+        ``regenerate_audio`` are the inputs of the pipelines that take them
+        (``PipelineSpec.takes``; ``stage_inputs.StageRequest``); the others refuse them.
 
         ``num_frames`` None: a checkpoint with a duration head (LTX-2.5) predicts the length from the
         prompt, snapped to 8k+1 within ``auto_duration`` = (min, max) seconds (default 1 to 20, the
@@ -432,7 +441,20 @@ class Pipeline(RequestValidation, PipelineDecoding):
 
         Every argument is checked (:meth:`check_request`, :meth:`validate`) before any model loads."""
         p = self.params
+        request = StageRequest(tuple(images), None if audio_path is None else os.fspath(audio_path),
+                               None if video_path is None else os.fspath(video_path), tuple(video_conditioning),
+                               start_time, end_time, regenerate_video, regenerate_audio)
+        extra = [f for f in request.given() if f not in self.spec.takes]
+        if extra:
+            raise ValueError(f"the {self.spec.name} pipeline takes no {', '.join(self._name(f) for f in extra)}")
         div = 2 if self.spec.two_stage else 1
+        if not self.spec.video:
+            given = [n for n, v in (("height", height), ("width", width), ("images", list(images))) if v]
+            if given:
+                raise ValueError(f"the {self.spec.name} pipeline makes audio only: drop "
+                                 f"{', '.join(self._name(n) for n in given)}")
+            # the stages still take a pixel grid (the reference's placeholder resolution): the smallest
+            height, width = (f * div for f in self.config.vae.scale_factors[1:])
         height = p.stage_1_height * div if height is None else height
         width = p.stage_1_width * div if width is None else width
         fps = p.frame_rate if fps is None else fps
@@ -451,9 +473,13 @@ class Pipeline(RequestValidation, PipelineDecoding):
             raise ValueError("wav_path needs the audio: drop audio=False (--no-audio)")
         # auto: the images' frame indices are checked once the length is known
         self.check_request(num_frames, height, width, fps, [] if auto else images, num_inference_steps)
+        if not self.spec.video and (not audio or wav_path is not None):
+            raise ValueError(f"the {self.spec.name} pipeline makes audio only: drop {self._name('audio')}=False "
+                             f"and {self._name('wav_path')} (write a .wav with {self._name('output_path')})")
         self.validate(prompt, images=images, output_path=output_path, wav_path=wav_path, overwrite=overwrite,
                       video_guider_params=video_guider_params, audio_guider_params=audio_guider_params,
-                      crf_threads=crf_threads)
+                      crf_threads=crf_threads,
+                      output_suffix=".mp4" if self.spec.video else AUDIO_OUTPUT_SUFFIXES)
         fps = float(fps)
         mx.reset_peak_memory()
         self._tracker = tracker = Tracker(events)
@@ -473,7 +499,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
             result = self._generate(prompt, negative_prompt, height, width, num_frames, fps, seed,
                                     num_inference_steps, images, output_path, audio, wav_path, enhance_prompt,
                                     video_guider_params, audio_guider_params, progress, noise, sde_noise,
-                                    crf_threads, contexts)
+                                    crf_threads, contexts, request)
             tracker.end()
             result = dataclasses.replace(result, settings=settings, phase_times=dict(tracker.phase_times),
                                          phase_peaks=dict(tracker.phase_peaks), total_time=tracker.total_time,
@@ -540,7 +566,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
         guided = self.spec.guided
         return GenerationSettings(
             self.spec.name, height, width, num_frames, float(fps), per_stage, seed,
-            (video_guider_params or self.params.video_guider_params) if guided else None,
+            (video_guider_params or self.params.video_guider_params) if guided and self.spec.video else None,
             (audio_guider_params or self.params.audio_guider_params) if guided else None, audio,
             plan.memory if plan is not None else None, plan.passes_per_call if plan is not None else None,
             plan.prediction.peak if plan is not None and plan.prediction is not None else None,
@@ -549,42 +575,48 @@ class Pipeline(RequestValidation, PipelineDecoding):
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, fps, seed, num_inference_steps, images,
                   output_path, audio, wav_path, enhance_prompt, video_guider_params, audio_guider_params, progress,
-                  noise, sde_noise, crf_threads, contexts: Contexts | None = None) -> GenerationResult:
+                  noise, sde_noise, crf_threads, contexts: Contexts | None = None,
+                  request: StageRequest | None = None) -> GenerationResult:
         if contexts is None:
             contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
         noise = SeededNoise(seed) if noise is None else noise
         video_latent, audio_latent = self.denoise(
             contexts, num_frames, height, width, fps, images=images, steps=num_inference_steps,
             video_guider_params=video_guider_params, audio_guider_params=audio_guider_params, noise=noise,
-            sde_noise=sde_noise, progress=progress, crf_threads=crf_threads)
+            sde_noise=sde_noise, progress=progress, crf_threads=crf_threads, request=request)
         if self.low_memory:
             self._transformer = self._distilled_lora = None
             self._lora_strength = None
             _release()
-        frames = self.decode_video(video_latent, noise=lambda shape, dtype: noise(shape, dtype, "decoder"))
+        frames = None
+        if self.spec.video:
+            frames = self.decode_video(video_latent, noise=lambda shape, dtype: noise(shape, dtype, "decoder"))
         waveform = rate = None
         if audio:
             waveform, rate = self.decode_audio(audio_latent)
-            waveform = fit_audio_to_video(waveform, num_frames, fps, rate).astype(np.float32)
+            if self.spec.video:  # the reference's audio-only pipeline returns the decoded length as is
+                waveform = fit_audio_to_video(waveform, num_frames, fps, rate)
+            waveform = waveform.astype(np.float32)
         path = None
         if output_path is not None:
             with self._phase("write"):
-                path = write_video(output_path, frames, fps, waveform, rate, wav_path=wav_path)
+                path = (write_video(output_path, frames, fps, waveform, rate, wav_path=wav_path) if self.spec.video
+                        else write_audio(output_path, waveform, rate))
         return GenerationResult(frames, waveform, rate, fps, path, video_latent, audio_latent)
 
 
 class _Runtime:
     """The pipeline seen by ``run_stages``: precomputed conditionings, lazy models."""
 
-    def __init__(self, pipeline: Pipeline, conditionings: list[list]):
+    def __init__(self, pipeline: Pipeline, inputs: list[StageInputs]):
         self.pipeline = pipeline
-        self._conditionings = conditionings  # per stage, the video's image conditioning items
+        self._inputs = inputs  # per stage
 
     def model_for(self, stage: StageSpec):
         return self.pipeline.model_for(stage)
 
     def conditionings(self, stage_index: int, height: int, width: int) -> StageInputs:
-        return StageInputs(ModalitySpec(tuple(self._conditionings[stage_index])))
+        return self._inputs[stage_index]
 
     def upsample(self, video_latent: mx.array) -> mx.array:
         return self.pipeline.upsample(video_latent)

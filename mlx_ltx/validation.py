@@ -162,10 +162,12 @@ class RequestValidation:
 
     def validate(self, prompt: str, *, images: list[ImageConditioningInput] = (), output_path=None,
                  wav_path=None, overwrite: bool = False, video_guider_params: MultiModalGuiderParams | None = None,
-                 audio_guider_params: MultiModalGuiderParams | None = None, crf_threads: int | None = None) -> None:
+                 audio_guider_params: MultiModalGuiderParams | None = None, crf_threads: int | None = None,
+                 output_suffix: str | tuple[str, ...] = ".mp4") -> None:
         """What :meth:`generate` checks besides :meth:`check_request`, before anything is loaded:
         the prompt, the guidance values and STG blocks (against the checkpoint's depth), the
-        images (opened and decoded), the output paths (see ``media.check_output_path``)."""
+        images (opened and decoded), the output paths (see ``media.check_output_path``;
+        ``output_suffix``: .mp4, or an audio-only pipeline's suffixes)."""
         n = self._name
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{n('prompt')} is empty; describe the video to generate")
@@ -174,6 +176,11 @@ class RequestValidation:
         if self.spec.guided:
             depth = self.config.transformer.num_layers
             for stream, given in (("video", video_guider_params), ("audio", audio_guider_params)):
+                if stream == "video" and not self.spec.video:  # an audio-only pipeline has no video guidance
+                    if given is not None:
+                        raise ValueError(f"the {self.spec.name} pipeline has no video: drop "
+                                         f"{n('video_guider_params')}")
+                    continue
                 params = given or getattr(self.params, f"{stream}_guider_params")
                 for field in ("cfg_scale", "stg_scale", "rescale_scale", "modality_scale"):
                     value = getattr(params, field)
@@ -196,7 +203,7 @@ class RequestValidation:
             except ValueError as e:
                 raise ValueError(f"{self._image_arg(i)}: {e}") from None
         if output_path is not None:
-            check_output_path(output_path, ".mp4", overwrite=overwrite, what=n("output_path"))
+            check_output_path(output_path, output_suffix, overwrite=overwrite, what=n("output_path"))
         if wav_path is not None:
             check_output_path(wav_path, ".wav", overwrite=overwrite, what=n("wav_path"))
 

@@ -90,3 +90,50 @@ def test_keyframe_interpolation_whole(fixture_set):
     print(f"\n{fixture_set.path.name} {KI} whole: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     assert max(errors.values()) <= TOL_LOOP, errors
     assert rel_err(pipe.encode_prompts(meta["prompt"], meta["negative_prompt"]).video, g["ctx0.video"]) <= TOL_F32
+
+
+# ---------------------------------------------------------------- text to audio
+T2A = "t2a"
+
+
+def _t2a(fs, meta):
+    pipe = Pipeline.from_pretrained(fs.checkpoint_path, "t2a", gemma=str(fs.path / fs.manifest["gemma_dir"]),
+                                    dtype=mx.float32)
+    kw = {"num_frames": meta["num_frames"], "fps": meta["fps"], "seed": meta["seed"],
+          "negative_prompt": meta["negative_prompt"], "num_inference_steps": meta["steps"],
+          "audio_guider_params": guider(meta["guiders"]["audio"])}
+    return pipe, kw
+
+
+def test_t2a_matches_reference(fixture_set, tmp_path):
+    """T2AOneStagePipeline: one guided stage with no video stream; the audio latent, the decoded
+    waveform and a .wav / .m4a output."""
+    g, meta, keyed = golden(fixture_set, T2A)
+    pipe, kw = _t2a(fixture_set, meta)
+    assert pipe.spec.params(pipe.kind.params).audio_guider_params.modality_scale == 1.0
+    draws = ReferenceDraws(keyed, T2A)
+    result = pipe.generate(meta["prompt"], noise=draws, output_path=tmp_path / "a.wav", **kw)
+    assert draws.left() == {} and result.frames is None and result.video_latent is None
+    errors = {"stage audio": rel_err(result.audio_latent, g["stage0.audio.latent"]),
+              "audio latent": rel_err(result.audio_latent, g["decode.audio.latent"]),
+              "waveform": rel_err(result.audio, g["out.waveform"])}
+    print(f"\n{fixture_set.path.name} t2a: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert max(errors.values()) <= TOL_LOOP, errors
+    assert result.sample_rate == int(g["out.sample_rate"][0])
+    import wave
+
+    with wave.open(str(tmp_path / "a.wav")) as w:
+        assert w.getnframes() == result.audio.shape[1] and w.getframerate() == result.sample_rate
+    m4a = pipe.generate(meta["prompt"], noise=ReferenceDraws(keyed, T2A), output_path=tmp_path / "a.m4a", **kw)
+    assert m4a.path.stat().st_size > 0
+
+
+def test_t2a_refuses_video_arguments(fixture_set, tmp_path):
+    g, meta, _ = golden(fixture_set, T2A)
+    pipe, kw = _t2a(fixture_set, meta)
+    with pytest.raises(ValueError, match="makes audio only: drop height"):
+        pipe.generate("rain", height=64, **kw)
+    with pytest.raises(ValueError, match=r"output_path must end in \.wav or \.m4a"):
+        pipe.generate("rain", output_path=tmp_path / "a.mp4", **kw)
+    with pytest.raises(ValueError, match="takes no audio_path"):
+        pipe.generate("rain", audio_path="x.wav", **kw)
