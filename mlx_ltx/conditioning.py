@@ -362,3 +362,75 @@ def image_conditionings_by_adding_guiding_latent(images: list[ImageConditioningI
 # how a pipeline turns its images into conditioning items (PipelineSpec.image_conditioning)
 IMAGE_CONDITIONINGS = {"replace-first": combined_image_conditionings,
                        "guiding": image_conditionings_by_adding_guiding_latent}
+
+
+class TemporalRegionMask:
+    """``TemporalRegionMask``: denoise mask 1 on the tokens whose time span meets
+    [``start_time``, ``end_time``) seconds, 0 elsewhere (retake's window; the rest stays at the
+    clean latent). Video spans are the tokens' pixel-frame bounds (causal: latent frame k covers
+    pixel frames [8k − 7, 8k + 1)) over ``fps``, audio spans the patchifier's bounds in seconds;
+    both float32, compared in float32 as the reference's tensors are. The mask is rewritten over
+    the target grid, so apply it before any item that appends tokens."""
+
+    def __init__(self, start_time: float, end_time: float, fps: float):
+        self.start_time = start_time
+        self.end_time = end_time
+        self.fps = fps
+
+    def apply_to(self, state: LatentState, tools) -> LatentState:
+        if isinstance(tools, VideoLatentTools):
+            pixels = get_pixel_coords(get_patch_grid_bounds(tools.target_shape), tools.scale_factors, tools.causal_fix)
+            bounds = pixels[:, 0].astype(np.float32) / np.float32(self.fps)  # [B, N, 2]
+        else:  # AudioLatentTools: the positions are the grid bounds in seconds
+            bounds = np.array(tools.positions()[:, 0], dtype=np.float32)
+        if bounds.shape[1] != state.denoise_mask.shape[1]:
+            raise ConditioningError(f"TemporalRegionMask covers the {bounds.shape[1]} tokens of the target grid; the "
+                                    f"state has {state.denoise_mask.shape[1]} (apply it before appending tokens)")
+        inside = (bounds[..., 1] > np.float32(self.start_time)) & (bounds[..., 0] < np.float32(self.end_time))
+        mask = mx.array(inside[..., None]).astype(state.denoise_mask.dtype)
+        return replace(state, denoise_mask=mask)
+
+
+class VideoConditionByReferenceLatent:
+    """IC-LoRA's control video (``VideoConditionByReferenceLatent``): ``latent`` [B, C, F', H', W']
+    appended as clean guiding tokens (mask ``1 − strength``). Its positions are its own grid's, with
+    the causal fix always (it is a whole clip from frame 0), time at the reference's own rate
+    (fps / ``temporal_scale_factor``, its end aligned with the target's), rows and columns ×
+    ``downscale_factor``: a reference encoded at half size lands on the target's pixel grid, as the
+    IC-LoRA saw it in training."""
+
+    def __init__(self, latent: mx.array, downscale_factor: int = 1, temporal_scale_factor: int = 1,
+                 strength: float = 1.0):
+        self.latent = latent
+        self.downscale_factor = downscale_factor
+        self.temporal_scale_factor = temporal_scale_factor
+        self.strength = strength
+
+    def apply_to(self, state: LatentState, tools: VideoLatentTools) -> LatentState:
+        if self.latent.shape[1] != tools.target_shape.channels:
+            raise ConditioningError(f"reference latent has {self.latent.shape[1]} channels, the video latent "
+                                    f"{tools.target_shape.channels}")
+        tokens = patchify_video(self.latent)
+        B, M, _ = tokens.shape
+        pos = get_pixel_coords(get_patch_grid_bounds(VideoLatentShape(*self.latent.shape)), tools.scale_factors,
+                               tools.causal_fix).astype(np.float32)
+        # one float32 division by the (float32-cast) reference rate, as the reference's in-place /=
+        pos[:, 0] = pos[:, 0] / np.float32(tools.fps / self.temporal_scale_factor)
+        if self.temporal_scale_factor != 1:
+            # shift so the reference's last patch ends with the target's; the causal patch clamped at 0
+            t_target = np.array(state.positions[:, 0, 0:1, 1:2].astype(mx.float32))  # = 1 / target fps
+            pos[:, 0] = np.maximum(pos[:, 0] - np.float32(self.temporal_scale_factor - 1) * t_target, 0)
+        if self.downscale_factor != 1:
+            pos[:, 1:] *= np.float32(self.downscale_factor)
+        # the mask filled in the latent's dtype, then joined to the float32 mask (as the keyframe item)
+        mask = mx.full((B, M, 1), 1.0 - self.strength, dtype=self.latent.dtype).astype(state.denoise_mask.dtype)
+        attention = update_attention_mask(state, None, tools.token_count, M, B, self.latent.dtype)
+        return replace(
+            state,
+            latent=mx.concatenate([state.latent, mx.zeros((B, M, tokens.shape[2]), state.latent.dtype)], axis=1),
+            denoise_mask=mx.concatenate([state.denoise_mask, mask], axis=1),
+            positions=mx.concatenate([state.positions, mx.array(pos).astype(state.positions.dtype)], axis=2),
+            clean_latent=mx.concatenate([state.clean_latent, tokens.astype(state.clean_latent.dtype)], axis=1),
+            attention_mask=attention,
+            # reference tokens are never keyframes, though their first latent frame spans one pixel frame
+            keyframes_mask=extend_keyframes_mask(state, M, marked=False))

@@ -86,7 +86,10 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                             "dev-two-stage: guided half-size stage + distilled-LoRA refinement; "
                             "dev-two-stage-hq: the same with res_2s and LoRA 0.25/0.5; keyframe-interpolation: "
                             "dev-two-stage with every --image a guiding keyframe; t2a: text to audio, one guided "
-                            "stage, no video (--output .wav or .m4a)")
+                            "stage, no video (--output .wav or .m4a); ic-lora: distilled, a control video "
+                            "(--video-conditioning) read by an IC-LoRA (--lora) in stage 1; retake: distilled, "
+                            "regenerate [--start-time, --end-time) of --video-path, keep the rest; a2vid: dev "
+                            "two-stage video to the frozen --audio-path, which the output carries")
     model.add_argument("--gemma", "--gemma-root", dest="gemma", default=None,
                        help="Gemma-3 folder or HF repo id (LTX-2.3), or the Gemma-4 text-encoder file (LTX-2.5) "
                             "(default: the model folder's text encoder)")
@@ -95,7 +98,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     model.add_argument("--distilled-lora", default=None,
                        help="distilled LoRA file (default: the model folder's)")
     model.add_argument("--lora", dest="loras", action="append", nargs=2, metavar=("PATH", "STRENGTH"), default=[],
-                       help="a LoRA fused in every stage at STRENGTH (e.g. 0.8); repeatable. Key layouts: the "
+                       help="a LoRA fused in every stage (ic-lora: stage 1 only) at STRENGTH (e.g. 0.8); repeatable. "
+                            "Key layouts: the "
                             "official trainer's, ComfyUI's (lora_down/lora_up, alpha) and diffusers'")
     prompt = p.add_argument_group("prompt")
     prompt.add_argument("--prompt", required=True, help="what the video shows and sounds like (required)")
@@ -123,6 +127,35 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                       help="libx264 threads of the images' CRF round trip; the pixels depend on it. Pass the "
                            "reference machine's count to match it (default: one per CPU, as the reference on "
                            "this machine)")
+    ic = p.add_argument_group("IC-LoRA (--pipeline ic-lora; the IC-LoRA itself is a --lora)")
+    ic.add_argument("--video-conditioning", action="append", nargs=2, metavar=("PATH", "STRENGTH"), default=[],
+                    help="control video (depth, pose, edges or a reference clip) appended as guiding tokens in "
+                         "stage 1, its first --num-frames frames at STRENGTH in [0, 1]; repeatable")
+    ic.add_argument("--conditioning-attention-strength", type=float, default=None, metavar="S",
+                    help="how strongly the control tokens and the generated ones attend to each other, in [0, 1] "
+                         "(default: 1)")
+    ic.add_argument("--conditioning-attention-mask", nargs=2, default=None, metavar=("MASK_PATH", "STRENGTH"),
+                    help="per-region attention instead: a grey mask video (at least --num-frames frames; white = "
+                         "full attention, black = none) weighing each control token, times STRENGTH in [0, 1]")
+    rt = p.add_argument_group("retake (--pipeline retake: the output has the source clip's frames, size and fps)")
+    rt.add_argument("--video-path", default=None,
+                    help="source clip to regenerate a window of: 8k+1 frames, sides multiples of 32; its audio "
+                         "stream (if any) is encoded too")
+    rt.add_argument("--start-time", type=float, default=None, help="start of the window to regenerate, seconds")
+    rt.add_argument("--end-time", type=float, default=None, help="end of the window (exclusive), seconds")
+    rt.add_argument("--regenerate-video", action=argparse.BooleanOptionalAction, default=True,
+                    help="regenerate the video inside the window (--no-regenerate-video: keep the clip's video)")
+    rt.add_argument("--regenerate-audio", action=argparse.BooleanOptionalAction, default=True,
+                    help="regenerate the audio inside the window (--no-regenerate-audio: keep the clip's audio)")
+    a2v = p.add_argument_group("audio-to-video (--pipeline a2vid: the video follows an audio file, muxed as it is)")
+    a2v.add_argument("--audio-path", default=None,
+                     help="audio file (wav/mp3/m4a/flac, or a video's audio stream) the video is generated to; "
+                          "encoded and held fixed, and written into the output unchanged")
+    a2v.add_argument("--audio-start-time", type=float, default=0.0, metavar="SECONDS",
+                     help="where in --audio-path to start reading")
+    a2v.add_argument("--audio-max-duration", type=float, default=None, metavar="SECONDS",
+                     help="seconds of audio read and encoded (default: the video's length, --num-frames / "
+                          "--frame-rate); at least the video's length")
     guide = p.add_argument_group("guidance", textwrap.fill(
         "sampling, and the guided stages' guidance (dev pipelines); every guidance flag left at None keeps the "
         "checkpoint's default for it (see the resolved settings printed at the start)", 76))
@@ -294,6 +327,48 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _ic_lora_args(parser: argparse.ArgumentParser, args) -> dict:
+    """--video-conditioning / --conditioning-attention-strength / --conditioning-attention-mask as generate()'s
+    arguments (only those given: the other pipelines refuse them)."""
+    out = {}
+    if args.video_conditioning:
+        controls = []
+        for path, strength in args.video_conditioning:
+            try:
+                controls.append((path, float(strength)))
+            except ValueError:
+                parser.error(f"--video-conditioning {path} {strength}: STRENGTH must be a number")
+        out["video_conditioning"] = controls
+    if args.conditioning_attention_strength is not None:
+        out["conditioning_attention_strength"] = args.conditioning_attention_strength
+    if args.conditioning_attention_mask is not None:
+        path, strength = args.conditioning_attention_mask
+        try:
+            out["conditioning_attention_mask"] = (path, float(strength))
+        except ValueError:
+            parser.error(f"--conditioning-attention-mask {path} {strength}: STRENGTH must be a number")
+    return out
+
+
+def _retake_args(args) -> dict:
+    """--video-path / --start-time / --end-time / --[no-]regenerate-{video,audio} as generate()'s
+    arguments (only those set away from their defaults: the other pipelines refuse them)."""
+    out = {k: getattr(args, k) for k in ("video_path", "start_time", "end_time") if getattr(args, k) is not None}
+    out.update({k: False for k in ("regenerate_video", "regenerate_audio") if not getattr(args, k)})
+    return out
+
+
+def _a2vid_args(args) -> dict:
+    """--audio-path / --audio-start-time / --audio-max-duration as generate()'s arguments (only those set
+    away from their defaults: the other pipelines refuse them)."""
+    out = {"audio_path": args.audio_path} if args.audio_path is not None else {}
+    if args.audio_start_time != 0.0:
+        out["audio_start_time"] = args.audio_start_time
+    if args.audio_max_duration is not None:
+        out["audio_max_duration"] = args.audio_max_duration
+    return out
+
+
 def _one_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return " | ".join(lines) if lines else type(e).__name__
@@ -327,7 +402,8 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
             audio=not args.no_audio, wav_path=args.wav, enhance_prompt=args.enhance_prompt,
             video_guider_params=video_params, audio_guider_params=audio_params,
             crf_threads=args.image_crf_threads, overwrite=args.overwrite, events=reporter,
-            auto_duration=None if args.auto_duration is None else tuple(args.auto_duration))
+            auto_duration=None if args.auto_duration is None else tuple(args.auto_duration),
+            **_ic_lora_args(parser, args), **_retake_args(args), **_a2vid_args(args))
     finally:
         reporter.close()
     if result.frames is None:  # audio only (t2a)

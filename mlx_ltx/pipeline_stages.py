@@ -82,6 +82,9 @@ class StageSpec:
     stepper: Stepper = Stepper.EULER
     distilled_lora: float | None = None
     keeps_audio: bool = False
+    # the pipeline's own LoRAs (Pipeline.loras) are fused in this stage; False: IC-LoRA's stage 2,
+    # which the reference builds with loras=()
+    user_loras: bool = True
     # (model version, stepper) rows, newest first: a checkpoint at or above a version samples the
     # stage with that row's stepper instead (resolved by PipelineSpec.for_version)
     stepper_since: tuple[tuple[tuple[int, ...], Stepper], ...] = ()
@@ -101,6 +104,13 @@ class PipelineSpec:
     inputs: str = "images"
     takes: tuple[str, ...] = ()
     video: bool = True
+    # the pipeline's own audio guider, used without the negative audio prompt (a2vid's stage 1:
+    # ``MultiModalGuider(MultiModalGuiderParams())``, so its unconditioned pass keeps the positive
+    # audio context); None: the checkpoint's audio guidance with the negative prompt
+    audio_guidance: MultiModalGuiderParams | None = None
+    # "module:function"(pipeline, request, geometry) -> (waveform [2, S], rate): the audio the output
+    # carries instead of a decode of the audio latent (a2vid passes its input waveform through)
+    audio_output: str | None = None
 
     @property
     def two_stage(self) -> bool:
@@ -113,6 +123,12 @@ class PipelineSpec:
     @property
     def uses_steps(self) -> bool:
         return any(s.sigmas in (SigmaSource.SCHEDULER, SigmaSource.SCHEDULER_WITH_LATENT) for s in self.stages)
+
+    @property
+    def checkpoint_variant(self) -> str:
+        """The transformer the stages run: the distilled one when stage 1 samples the distilled
+        schedule (distilled, retake, IC-LoRA), else the dev one."""
+        return "distilled" if self.stages[0].sigmas is SigmaSource.DISTILLED else "dev"
 
     @property
     def needs_distilled_lora(self) -> bool:
@@ -138,6 +154,8 @@ class PipelineSpec:
         params = LTX_2_3_HQ_PARAMS if self.hq_params else detected
         if not self.video:
             params = replace(params, audio_guider_params=replace(params.audio_guider_params, modality_scale=1.0))
+        if self.audio_guidance is not None:
+            params = replace(params, audio_guider_params=self.audio_guidance)
         return params
 
 
@@ -169,8 +187,29 @@ KEYFRAME_INTERPOLATION = PipelineSpec("keyframe-interpolation", (
 T2A = PipelineSpec("t2a", (StageSpec(1, _S.SCHEDULER, _D.GUIDED_FACTORY, keeps_audio=True),), inputs="audio-only",
                    video=False)
 
+# RetakePipeline (distilled): one DISTILLED_SIGMAS stage at the source clip's size; the clip's encoded
+# video and audio are the initial latents, a window regenerated (retake.py builds the inputs)
+RETAKE = PipelineSpec("retake", (StageSpec(1, _S.DISTILLED, _D.SIMPLE, keeps_audio=True),), inputs="retake",
+                      takes=("video_path", "start_time", "end_time", "regenerate_video", "regenerate_audio"))
+
+# ICLoraPipeline: the distilled stages; the IC-LoRA (the pipeline's loras) and the control video in
+# stage 1 only (ic_lora.py builds the inputs); the stage-2 audio kept
+IC_LORA = PipelineSpec("ic-lora", (
+    StageSpec(2, _S.DISTILLED, _D.SIMPLE),
+    StageSpec(1, _S.STAGE_2, _D.SIMPLE, keeps_audio=True, user_loras=False)), inputs="ic-lora",
+    takes=("video_conditioning", "conditioning_attention_strength", "conditioning_attention_mask"))
+
+# A2VidPipelineTwoStage: a guided half-size stage (constant guiders) and a distilled-LoRA stage 2, the
+# input audio encoded and frozen in both (audio_to_video.py builds the inputs); its own default audio
+# guider without the negative audio prompt; the output carries the input waveform, not a decode
+A2VID = PipelineSpec("a2vid", (
+    StageSpec(2, _S.SCHEDULER, _D.GUIDED),
+    StageSpec(1, _S.STAGE_2, _D.SIMPLE, distilled_lora=1.0, keeps_audio=True)), inputs="a2vid",
+    takes=("audio_path", "audio_start_time", "audio_max_duration"), audio_guidance=MultiModalGuiderParams(),
+    audio_output=".audio_to_video:a2vid_output_audio")
+
 PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (DISTILLED, DEV, DEV_TWO_STAGE, DEV_TWO_STAGE_HQ,
-                                                          KEYFRAME_INTERPOLATION, T2A)}
+                                                          KEYFRAME_INTERPOLATION, T2A, RETAKE, IC_LORA, A2VID)}
 
 
 class Contexts(NamedTuple):
@@ -250,7 +289,9 @@ def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModal
     vc, ac = (contexts.video if video else None), contexts.audio
     if stage.denoiser is DenoiserKind.SIMPLE:
         return SimpleDenoiser(vc, ac)
-    if (video and contexts.video_negative is None) or contexts.audio_negative is None:
+    # a pipeline with its own audio guider has no negative audio context (PipelineSpec.audio_guidance);
+    # the denoiser refuses an unconditioned pass that would need one
+    if (video and contexts.video_negative is None) or (contexts.audio_negative is None and not video):
         raise ValueError("a guided stage needs the negative prompt's contexts")
     if stage.denoiser is DenoiserKind.GUIDED_FACTORY:
         video_factory = MultiModalGuiderFactory.constant(video_params, contexts.video_negative) if video else None
@@ -333,6 +374,8 @@ def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geo
     ``sde_noise(stage_index)`` replaces res_2s's SDE draws; ``progress(stage, step, steps)`` is
     called after every step, ``on_stage(stage, steps)`` once per stage, its model ready, before the
     first step."""
+    if spec.audio_guidance is not None:  # never the negative audio prompt (a2vid)
+        contexts = contexts._replace(audio_negative=None)
     previous: StageOutput | None = None
     outputs: list[StageOutput] = []
     for index, stage in enumerate(spec.stages):

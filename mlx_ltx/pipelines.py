@@ -53,7 +53,7 @@ from .pipeline_stages import (
     run_stages,
 )
 from .pipeline_decode import PipelineDecoding, release_memory as _release
-from .stage_inputs import StageRequest, stage_inputs_builder
+from .stage_inputs import StageRequest, input_geometry, stage_inputs_builder
 from .progress import GenerationSettings, ProgressEvent, Tracker
 from .sampling import distilled_sigmas, stage2_distilled_sigmas
 from .memory_policy import MEMORY_CHOICES, MemoryPlan, estimate_model_bytes, plan_memory, unplanned
@@ -183,7 +183,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
         if pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
         spec = PIPELINES[pipeline]
-        wanted = "distilled" if pipeline == "distilled" else "dev"
+        wanted = spec.checkpoint_variant
         # a split folder may hold both transformers: the pipeline picks the one named for it
         ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model, variant=wanted)
         info = getattr(ckpt, "info", None) or {}
@@ -280,8 +280,9 @@ class Pipeline(RequestValidation, PipelineDecoding):
         LoRA at the stage's strength, aggregated in that order in one fusion (the reference's stages:
         ``loras=(*loras, distilled_lora)``). Another stage's set is unfused first (one copy of the weights)."""
         model = self.transformer()
-        wanted = self.loras + (((self.distilled_lora_path, stage.distilled_lora),)
-                               if stage.distilled_lora is not None else ())
+        user = self.loras if stage.user_loras else ()  # IC-LoRA's stage 2 runs without them
+        wanted = user + (((self.distilled_lora_path, stage.distilled_lora),)
+                         if stage.distilled_lora is not None else ())
         if wanted != (self._lora_strength or ()):  # None: a fresh model, nothing fused
             from .models.lora import fuse_loras, load_lora, unfuse_loras
 
@@ -289,7 +290,7 @@ class Pipeline(RequestValidation, PipelineDecoding):
             with self._phase("lora", stage=index):
                 unfuse_loras(model)
                 # opened per fusion: lazy factors, read only while the touched layers are fused
-                loras = [(load_lora(path), strength) for path, strength in self.loras]
+                loras = [(load_lora(path), strength) for path, strength in user]
                 if stage.distilled_lora is not None:
                     if self._distilled_lora is None:
                         self._distilled_lora = load_lora(self.distilled_lora_path)
@@ -411,14 +412,23 @@ class Pipeline(RequestValidation, PipelineDecoding):
                  auto_duration: tuple[float, float] | None = None, audio_path: str | os.PathLike | None = None,
                  video_path: str | os.PathLike | None = None, video_conditioning=(), start_time: float | None = None,
                  end_time: float | None = None, regenerate_video: bool = True,
-                 regenerate_audio: bool = True) -> GenerationResult:
+                 regenerate_audio: bool = True, conditioning_attention_strength: float = 1.0,
+                 audio_start_time: float = 0.0, audio_max_duration: float | None = None,
+                 conditioning_attention_mask: tuple | None = None) -> GenerationResult:
         """Prompt (and images) -> frames and audio, written to ``output_path`` (mp4, atomically)
         when given. Sizes default to the reference's (final size for two-stage pipelines). The
         text-to-audio pipeline (``t2a``) makes audio only: no sizes or images, ``output_path`` a
         ``.wav`` or ``.m4a``, ``frames`` None in the result. ``audio_path``, ``video_path``,
-        ``video_conditioning``, ``start_time`` / ``end_time`` and ``regenerate_video`` /
-        ``regenerate_audio`` are the inputs of the pipelines that take them
-        (``PipelineSpec.takes``; ``stage_inputs.StageRequest``); the others refuse them.
+        ``video_conditioning``, ``start_time`` / ``end_time``, ``regenerate_video`` /
+        ``regenerate_audio`` and ``conditioning_attention_strength`` are the inputs of the pipelines that
+        take them (``PipelineSpec.takes``; ``stage_inputs.StageRequest``); the others refuse them.
+        IC-LoRA (``ic-lora``): ``video_conditioning=[(path, strength), ...]`` control videos and
+        ``conditioning_attention_strength`` in [0, 1], or ``conditioning_attention_mask=(path, strength)``: a
+        grey mask video (white: full attention) weighing each control token, times the strength in [0, 1];
+        the IC-LoRA itself is one of ``loras``.
+        Audio-to-video (``a2vid``): ``audio_path`` read from ``audio_start_time`` for ``audio_max_duration``
+        seconds (None: the video's length; never less), encoded and frozen in both stages; the result's
+        ``audio`` and the mp4 carry that input waveform at its own rate, not a decode of ``audio_latent``.
 
         ``num_frames`` None: a checkpoint with a duration head (LTX-2.5) predicts the length from the
         prompt, snapped to 8k+1 within ``auto_duration`` = (min, max) seconds (default 1 to 20, the
@@ -443,10 +453,17 @@ class Pipeline(RequestValidation, PipelineDecoding):
         p = self.params
         request = StageRequest(tuple(images), None if audio_path is None else os.fspath(audio_path),
                                None if video_path is None else os.fspath(video_path), tuple(video_conditioning),
-                               start_time, end_time, regenerate_video, regenerate_audio)
+                               start_time, end_time, regenerate_video, regenerate_audio,
+                               conditioning_attention_strength=conditioning_attention_strength,
+                               audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
+                               conditioning_attention_mask=None if conditioning_attention_mask is None
+                               else tuple(conditioning_attention_mask))
         extra = [f for f in request.given() if f not in self.spec.takes]
         if extra:
             raise ValueError(f"the {self.spec.name} pipeline takes no {', '.join(self._name(f) for f in extra)}")
+        from_inputs = input_geometry(self.spec.inputs)
+        if from_inputs is not None:  # the output has the input media's geometry (retake: the source clip's)
+            num_frames, height, width, fps = from_inputs(self, request, num_frames, height, width, fps)
         div = 2 if self.spec.two_stage else 1
         if not self.spec.video:
             given = [n for n, v in (("height", height), ("width", width), ("images", list(images))) if v]
@@ -593,7 +610,13 @@ class Pipeline(RequestValidation, PipelineDecoding):
             frames = self.decode_video(video_latent, noise=lambda shape, dtype: noise(shape, dtype, "decoder"))
         waveform = rate = None
         if audio:
-            waveform, rate = self.decode_audio(audio_latent)
+            if self.spec.audio_output is not None:  # a2vid: the input waveform passes through, no decode
+                from .stage_inputs import imported
+
+                geometry = Geometry(num_frames, height, width, fps)
+                waveform, rate = imported(self.spec.audio_output)(self, request, geometry)
+            else:
+                waveform, rate = self.decode_audio(audio_latent)
             if self.spec.video:  # the reference's audio-only pipeline returns the decoded length as is
                 waveform = fit_audio_to_video(waveform, num_frames, fps, rate)
             waveform = waveform.astype(np.float32)

@@ -24,7 +24,7 @@ import mlx.core as mx
 
 PHASE_LABELS = {
     "text_encoder": "text encoder load", "prompt": "prompt encoding",
-    "duration": "duration prediction", "image_encode": "image encoding",
+    "duration": "duration prediction", "image_encode": "image encoding", "audio_encode": "audio encoding",
     "transformer": "transformer load", "lora": "LoRA fusion", "stage1": "stage 1", "stage2": "stage 2",
     "upsample": "upsampling", "video_decode": "video decode", "audio_decode": "audio decode", "write": "write",
 }

@@ -30,6 +30,10 @@ class StageRequest:
     end_time: float | None = None
     regenerate_video: bool = True          # retake: which streams the window regenerates
     regenerate_audio: bool = True
+    conditioning_attention_strength: float = 1.0  # IC-LoRA: control tokens <-> generated tokens attention
+    audio_start_time: float = 0.0          # a2vid: where in audio_path to start reading, seconds
+    audio_max_duration: float | None = None  # a2vid: seconds read (None: the video's length)
+    conditioning_attention_mask: tuple | None = None  # IC-LoRA: (mask video path, strength), per-token attention
 
     def given(self) -> list[str]:
         """The fields set away from their defaults (``images`` aside: every video pipeline takes them)."""
@@ -53,7 +57,35 @@ def audio_only_inputs(pipeline, request: StageRequest, geometry: Geometry,
 STAGE_INPUT_BUILDERS: dict[str, Callable | str] = {
     "images": image_inputs,
     "audio-only": audio_only_inputs,
+    "retake": ".retake:retake_inputs",
+    "ic-lora": ".ic_lora:ic_lora_inputs",
+    "a2vid": ".audio_to_video:a2vid_inputs",
 }
+
+# PipelineSpec.inputs -> "module:function"(pipeline, request, num_frames, height, width, fps) ->
+# (num_frames, height, width, fps): for pipelines whose output has the input media's geometry
+# (retake: the source clip's), read and checked in generate() before anything loads
+INPUT_GEOMETRY: dict[str, str] = {
+    "retake": ".retake:retake_geometry",
+    "ic-lora": ".ic_lora:ic_lora_geometry",  # checks only: the sizes, the control videos
+    "a2vid": ".audio_to_video:a2vid_geometry",  # checks only: the audio file and its length
+}
+
+
+def input_geometry(kind: str) -> Callable | None:
+    """The geometry resolver of a kind of input (:data:`INPUT_GEOMETRY`), or None."""
+    entry = INPUT_GEOMETRY.get(kind)
+    if entry is None:
+        return None
+    module, name = entry.split(":")
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def imported(ref: str) -> Callable:
+    """The function a "module:function" string names (``.module``: within mlx_ltx), e.g.
+    ``PipelineSpec.audio_output``."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module, __package__), name)
 
 
 def stage_inputs_builder(kind: str) -> Callable:

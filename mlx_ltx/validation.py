@@ -60,6 +60,13 @@ CLI_NAMES: dict[str, str] = {
     "auto_duration": "--auto-duration",
     "fps": "--frame-rate/--fps", "seed": "--seed", "num_inference_steps": "--num-inference-steps", "images": "--image",
     "output_path": "--output", "wav_path": "--wav", "overwrite": "--overwrite", "crf_threads": "--image-crf-threads",
+    "audio_path": "--audio-path", "audio_start_time": "--audio-start-time",
+    "audio_max_duration": "--audio-max-duration", "audio_guider_params": "the --audio-* guidance flags",
+    "video_conditioning": "--video-conditioning",
+    "conditioning_attention_strength": "--conditioning-attention-strength",
+    "conditioning_attention_mask": "--conditioning-attention-mask",
+    "video_path": "--video-path", "start_time": "--start-time", "end_time": "--end-time",
+    "regenerate_video": "--regenerate-video", "regenerate_audio": "--regenerate-audio",
     **_guider_labels("video", "a2v"), **_guider_labels("audio", "v2a"),
 }
 
@@ -181,6 +188,9 @@ class RequestValidation:
                         raise ValueError(f"the {self.spec.name} pipeline has no video: drop "
                                          f"{n('video_guider_params')}")
                     continue
+                if stream == "audio" and self.spec.audio_guidance is not None and given is not None:
+                    raise ValueError(f"the {self.spec.name} pipeline guides its audio as the reference does (the "
+                                     f"default guider, no negative audio prompt): drop {n('audio_guider_params')}")
                 params = given or getattr(self.params, f"{stream}_guider_params")
                 for field in ("cfg_scale", "stg_scale", "rescale_scale", "modality_scale"):
                     value = getattr(params, field)

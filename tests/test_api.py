@@ -34,7 +34,8 @@ import mlx_ltx.pipelines as p, mlx_ltx.conditioning as c, mlx_ltx.loading as l, 
 assert (Pipeline, GenerationResult, list_pipelines) == (p.Pipeline, p.GenerationResult, p.list_pipelines)
 assert (ImageConditioningInput, MultiModalGuiderParams) == (c.ImageConditioningInput, g.MultiModalGuiderParams)
 assert Checkpoint is l.Checkpoint
-assert set(list_pipelines()) == {'distilled', 'dev', 'dev-two-stage', 'dev-two-stage-hq', 'keyframe-interpolation', 't2a'}
+assert set(list_pipelines()) == {'distilled', 'dev', 'dev-two-stage', 'dev-two-stage-hq', 'keyframe-interpolation', 't2a',
+                                'retake', 'ic-lora', 'a2vid'}
 assert set(mlx_ltx.__all__) <= set(dir(mlx_ltx))
 try:
     mlx_ltx.no_such_name

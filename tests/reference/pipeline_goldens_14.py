@@ -21,7 +21,9 @@ round trip, the video / audio file decoders and preprocessors, the mel transform
 
 Called by make_ref.py after golden_e2e (it needs the tokenizer beside tiny-gemma3 and the e2e PNGs, which
 it rewrites identically when absent); ``--no-more-pipelines`` skips it. Own generators for the inputs
-(``seed + 51`` … ``seed + 55``): every other golden stays byte-identical.
+(``seed + 51`` … ``seed + 55``; the IC-LoRA mask video needs none): every other golden stays byte-identical.
+The IC-LoRA runs twice: with a scalar attention strength (golden_ic_lora) and with an attention-mask video
+as the reference's ``--conditioning-attention-mask`` (golden_ic_lora_mask, plus the mask downsampling alone).
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ def _video_frames(seed: int, n: int, h: int, w: int, kind: str) -> list[np.ndarr
             img = np.stack([127.5 + 100 * np.sin(f[c, 0] * x + f[c, 1] * y + ph[c] + 0.35 * t) for c in range(3)], -1)
             img = img + g.normal(0, 8, size=(h, w, 3))
         out.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
+    return out
+
+
+def _mask_frames(n: int, h: int, w: int) -> list[np.ndarray]:
+    """A grey attention-mask video (no randomness): a diagonal ramp, dark left to bright right, that dims
+    over time, so both the spatial area average and the temporal mean of the downsampling matter."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = []
+    for t in range(n):
+        v = 20 + 215 * (0.7 * x / (w - 1) + 0.3 * y / (h - 1)) * (1 - 0.5 * t / max(n - 1, 1))
+        out.append(np.repeat(np.clip(np.round(v), 0, 255).astype(np.uint8)[..., None], 3, axis=-1))
     return out
 
 
@@ -173,10 +186,15 @@ def make_inputs(out_dir: str, seed: int, *, prefix: str, ckpt_path: str, num_lay
                rt["fps"], _tone(seed + 55, rt["audio_sample_rate"], na, tuple(rt["tone_hz"]), tuple(rt["tone_amplitude"])),
                rt["audio_sample_rate"])
 
+    mask = {"file": "ic-mask.mp4", "frames": 12, "height": 72, "width": 128, "fps": 24}
+    _write_mp4(os.path.join(out_dir, mask["file"]), _mask_frames(mask["frames"], mask["height"], mask["width"]),
+               mask["fps"])
+
     ic = {"file": f"{prefix}-ic-lora.safetensors", "rank": 4, "reference_downscale_factor": 2}
     make_ic_lora(os.path.join(out_dir, ic["file"]), ckpt_path, seed, ic["rank"], ic["reference_downscale_factor"],
                  num_layers)
-    return {"images": names, "control_video": ctl, "audio": wav, "retake_video": rt, "ic_lora": ic}
+    return {"images": names, "control_video": ctl, "audio": wav, "retake_video": rt, "ic_lora": ic,
+            "mask_video": mask}
 
 
 def make_ic_lora(path: str, ckpt_path: str, seed: int, rank: int, factor: int, num_layers: int) -> None:
@@ -334,6 +352,7 @@ def _patched(mods, log: _Log, rec: DrawRecorder, *, latent_c: int, a_kw: dict, t
         frames_recorder(m_ic, "decode_video_by_frame", "control.frames_u8")
         frames_recorder(m_helpers, "decode_video_from_file", "video.frames_u8")
         _record_calls(st, m_ic, "video_preprocess", lambda a, k, r: log.add("control.pixels", r))
+        _record_calls(st, m_ic, "downsample_mask_video_to_latent", lambda a, k, r: log.add("mask.latent", r))
         for owner in mods:  # retake binds helpers.video_latent_from_file in its own namespace
             if hasattr(owner, "video_latent_from_file"):
                 _record_calls(st, owner, "video_latent_from_file", lambda a, k, r: log.add("video.latent", r))
@@ -626,6 +645,53 @@ def more_pipeline_goldens(*, out_dir: str, prefix: str, ckpt_path: str, upsample
     gold["ic_lora"], meta["ic_lora"] = out, ic
     line("ic_lora", log, rec, frames, res[1], dt, f"; ref latent {tuple(out['stage0.cond1.latent'].shape)}, "
          f"stage-1 tokens {tuple(out['stage0.video.init.latent'].shape)}")
+
+    # ------------------------------------------------------------------ IC-LoRA with an attention-mask video
+    # as the reference's CLI: --conditioning-attention-mask MASK STRENGTH loads the mask at the stage-1 size
+    # (ic_lora._load_mask_video: decoded and preprocessed like a control video, channel mean, (x + 1) / 2,
+    # clamped) and passes STRENGTH as conditioning_attention_strength
+    icm = {**ic, "conditioning_attention_mask": [inputs["mask_video"]["file"], 0.7],
+           "conditioning_attention_strength": 0.7}
+    stage1_h, stage1_w = icm["height"] // 2, icm["width"] // 2
+    masks = []
+
+    def icm_call(p):  # noqa: ANN001, ANN202
+        masks.append(m_ic._load_mask_video(mask_path=fpath(icm["conditioning_attention_mask"][0]), height=stage1_h,
+                                           width=stage1_w, num_frames=icm["num_frames"]))
+        return p(prompt=IC_PROMPT, seed=seed, height=icm["height"], width=icm["width"], num_frames=icm["num_frames"],
+                 frame_rate=fps, images=images,
+                 video_conditioning=[(fpath(f), s) for f, s in icm["video_conditioning"]],
+                 conditioning_attention_strength=icm["conditioning_attention_strength"],
+                 conditioning_attention_mask=masks[0])
+
+    log, rec, res, frames, dt = run("ic_lora_mask", ic_build, icm_call)
+    out = {}
+    _store_run(out, "", log, rec, frames, res[1], [i.path for i in images])
+    (mask,) = masks
+    assert mask.dtype == F32, mask.dtype  # bf16 -> float32 through ic_lora's torch, like every §7 run
+    out["in.mask.pixels"] = mask
+    (out["mask.latent"],) = log.media["mask.latent"]  # downsample_mask_video_to_latent in the run, [1, M]
+    # the downsampling alone, on the same mask, at other latent grids: non-integer area ratios, a temporal
+    # mean of 4, the first frame only (one latent frame; one pixel frame)
+    from ltx_core.types import VideoLatentShape
+    from ltx_pipelines.iclora_utils import downsample_mask_video_to_latent
+
+    ref_shape = tuple(out["stage0.cond1.latent"].shape)
+    cases = [("run", mask, ref_shape[2:]), ("odd", mask, (5, 5, 7)), ("t4", mask, (3, 8, 16)),
+             ("first", mask, (1, 3, 3)), ("oneframe", mask[:, :, :1], (2, 4, 4))]
+    icm["downsample_cases"] = {}
+    for name, src, (f, h, w) in cases:
+        with torch.inference_mode():
+            r = downsample_mask_video_to_latent(mask=src, target_latent_shape=VideoLatentShape(1, 1, f, h, w))
+        out[f"downsample.{name}.out"] = r
+        icm["downsample_cases"][name] = {"pixel_frames": int(src.shape[2]), "latent_shape": [f, h, w]}
+    assert torch.equal(out["downsample.run.out"], out["mask.latent"])
+    am = out["stage0.video.init.attention_mask"]
+    n_ref = out["mask.latent"].shape[1]
+    assert torch.allclose(am[0, 0, -n_ref:], out["mask.latent"][0] * icm["conditioning_attention_strength"])
+    gold["ic_lora_mask"], meta["ic_lora_mask"] = out, icm
+    line("ic_lora_mask", log, rec, frames, res[1], dt,
+         f"; mask latent {[round(v, 4) for v in out['mask.latent'][0].tolist()]}")
 
     meta["inputs"] = inputs
     return gold, meta
