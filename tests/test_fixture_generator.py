@@ -22,7 +22,7 @@ ALL_GOLDENS_25 = {"ancestral", "duration", "e2e", "gemma", "transformer"}
 SPLIT_FILES_25 = {"transformer", "text_encoder", "video_vae", "audio_vae", "duration_head"}
 # the issue-14 pipelines (pipeline_goldens_14.py, FORMAT.md §7): optional per set, but a set whose manifest
 # has a pipeline's section must hold its golden, and a manifest "inputs" section must name files that exist
-MORE_PIPELINES = {"keyframe_interpolation", "ic_lora", "a2vid", "retake", "t2a"}
+MORE_PIPELINES = {"keyframe_interpolation", "ic_lora", "ic_lora_mask", "a2vid", "retake", "t2a"}
 
 
 def _sets() -> list[tuple[Path, dict]]:
