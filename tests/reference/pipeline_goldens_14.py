@@ -612,7 +612,11 @@ def more_pipeline_goldens(*, out_dir: str, prefix: str, ckpt_path: str, upsample
 
     # ------------------------------------------------------------------ IC-LoRA (distilled, two stages)
     ic_in = inputs["ic_lora"]
-    ic = {"prompt": IC_PROMPT, "seed": seed, "num_frames": 9, "height": 128, "width": 256, "fps": fps,
+    # the control latent is (size ÷ 2 for stage 1 ÷ the factor ÷ the VAE's 32): one row at height 128. A
+    # reflect-padded encoder (e.g. the `alt` variant) needs two, so its sets use 256 (tiny keeps 128)
+    reflect = V["metadata"]["config"]["vae"].get("spatial_padding_mode", "zeros") == "reflect"
+    ic = {"prompt": IC_PROMPT, "seed": seed, "num_frames": 9, "height": 256 if reflect else 128, "width": 256,
+          "fps": fps,
           "images": [[img["first"], 0, 0.9]], "video_conditioning": [[inputs["control_video"]["file"], 1.0]],
           "lora": ic_in["file"], "lora_strength": 0.9, "reference_downscale_factor": ic_in["reference_downscale_factor"],
           "reference_temporal_scale_factor": 1, "conditioning_attention_strength": 0.8, "skip_stage_2": False}
