@@ -97,22 +97,28 @@ class VideoConditionByKeyframeIndex:
             raise ConditioningError(f"keyframe latent has {self.keyframes.shape[1]} channels, the video latent "
                                     f"{tools.target_shape.channels}")
         tokens = patchify_video(self.keyframes)
-        B, M, _ = tokens.shape
         positions = keyframe_positions(VideoLatentShape(*self.keyframes.shape), self.frame_idx, tools,
                                        self.num_pixel_frames)
-        # the reference fills this mask in the keyframe latent's dtype before joining the float32
-        # mask: with bf16 latents a strength of 0.7 becomes a mask of 0.30078125, kept here
-        mask = mx.full((B, M, 1), 1.0 - self.strength, dtype=self.keyframes.dtype).astype(state.denoise_mask.dtype)
-        attention = update_attention_mask(state, None, tools.token_count, M, B, self.keyframes.dtype)
-        return replace(
-            state,
-            latent=mx.concatenate([state.latent, mx.zeros((B, M, tokens.shape[2]), state.latent.dtype)], axis=1),
-            denoise_mask=mx.concatenate([state.denoise_mask, mask], axis=1),
-            positions=mx.concatenate([state.positions, positions.astype(state.positions.dtype)], axis=2),
-            clean_latent=mx.concatenate([state.clean_latent, tokens.astype(state.clean_latent.dtype)], axis=1),
-            attention_mask=attention,
-            # given content: unmarked, as the reference marks only generated keyframe slots
-            keyframes_mask=extend_keyframes_mask(state, M, marked=False))
+        return append_guiding_tokens(state, tools, tokens, positions, self.strength, self.keyframes.dtype)
+
+
+def append_guiding_tokens(state: LatentState, tools: VideoLatentTools, tokens: mx.array, positions: mx.array,
+                          strength: float, dtype: mx.Dtype) -> LatentState:
+    """Given content appended as clean guiding tokens (keyframes, IC-LoRA references): a zero
+    latent, ``clean_latent`` = ``tokens``, mask ``1 − strength``, the attention mask extended with
+    full attention, and unmarked in ``keyframes_mask`` (the reference marks only generated keyframe
+    slots). The mask is filled in the content's ``dtype`` before joining the float32 mask, as the
+    reference does: with bf16 latents a strength of 0.7 becomes a mask of 0.30078125."""
+    B, M, C = tokens.shape
+    mask = mx.full((B, M, 1), 1.0 - strength, dtype=dtype).astype(state.denoise_mask.dtype)
+    return replace(
+        state,
+        latent=mx.concatenate([state.latent, mx.zeros((B, M, C), state.latent.dtype)], axis=1),
+        denoise_mask=mx.concatenate([state.denoise_mask, mask], axis=1),
+        positions=mx.concatenate([state.positions, positions.astype(state.positions.dtype)], axis=2),
+        clean_latent=mx.concatenate([state.clean_latent, tokens.astype(state.clean_latent.dtype)], axis=1),
+        attention_mask=update_attention_mask(state, None, tools.token_count, M, B, dtype),
+        keyframes_mask=extend_keyframes_mask(state, M, marked=False))
 
 
 class ConditioningItemAttentionStrengthWrapper:
@@ -411,7 +417,6 @@ class VideoConditionByReferenceLatent:
             raise ConditioningError(f"reference latent has {self.latent.shape[1]} channels, the video latent "
                                     f"{tools.target_shape.channels}")
         tokens = patchify_video(self.latent)
-        B, M, _ = tokens.shape
         pos = get_pixel_coords(get_patch_grid_bounds(VideoLatentShape(*self.latent.shape)), tools.scale_factors,
                                tools.causal_fix).astype(np.float32)
         # one float32 division by the (float32-cast) reference rate, as the reference's in-place /=
@@ -422,15 +427,5 @@ class VideoConditionByReferenceLatent:
             pos[:, 0] = np.maximum(pos[:, 0] - np.float32(self.temporal_scale_factor - 1) * t_target, 0)
         if self.downscale_factor != 1:
             pos[:, 1:] *= np.float32(self.downscale_factor)
-        # the mask filled in the latent's dtype, then joined to the float32 mask (as the keyframe item)
-        mask = mx.full((B, M, 1), 1.0 - self.strength, dtype=self.latent.dtype).astype(state.denoise_mask.dtype)
-        attention = update_attention_mask(state, None, tools.token_count, M, B, self.latent.dtype)
-        return replace(
-            state,
-            latent=mx.concatenate([state.latent, mx.zeros((B, M, tokens.shape[2]), state.latent.dtype)], axis=1),
-            denoise_mask=mx.concatenate([state.denoise_mask, mask], axis=1),
-            positions=mx.concatenate([state.positions, mx.array(pos).astype(state.positions.dtype)], axis=2),
-            clean_latent=mx.concatenate([state.clean_latent, tokens.astype(state.clean_latent.dtype)], axis=1),
-            attention_mask=attention,
-            # reference tokens are never keyframes, though their first latent frame spans one pixel frame
-            keyframes_mask=extend_keyframes_mask(state, M, marked=False))
+        # (never marked as keyframes, though its first latent frame spans one pixel frame)
+        return append_guiding_tokens(state, tools, tokens, mx.array(pos), self.strength, self.latent.dtype)
