@@ -101,15 +101,7 @@ def _check_controls(pipeline, request, num_frames: int) -> list[tuple[str, float
                          f"the {pipeline.spec.name} pipeline needs a control video: {arg}=[(path, strength)]")
     out = []
     for i, item in enumerate(items):
-        try:
-            path, strength = item
-        except (TypeError, ValueError):
-            raise ValueError(f"{arg}[{i}] must be a (path, strength) pair; got {item!r}") from None
-        if not isinstance(path, (str, os.PathLike)):
-            raise ValueError(f"{arg}[{i}]: the path must be a video file name; got {path!r}")
-        path = os.fspath(path)
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"control video {path} ({arg}): strength {strength!r} must be in [0, 1]")
+        path, strength = _video_and_strength(item, f"{arg}[{i}]", "control video")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"control video not found: {path} ({arg})")
         frames = probe_video(path).frames
@@ -123,6 +115,21 @@ def _check_controls(pipeline, request, num_frames: int) -> list[tuple[str, float
     return out
 
 
+def _video_and_strength(item, arg: str, what: str) -> tuple[str, float]:
+    """A (video path, strength in [0, 1]) pair of ``arg``, or an error naming it."""
+    try:
+        path, strength = item
+    except (TypeError, ValueError):
+        raise ValueError(f"{arg} must be a ({what} path, strength) pair; got {item!r}") from None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{arg}: the path must be a video file name; got {path!r}")
+    path = os.fspath(path)
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or \
+            not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
+        raise ValueError(f"{what} {path} ({arg}): strength {strength!r} must be in [0, 1]")
+    return path, float(strength)
+
+
 def _check_mask(pipeline, request, num_frames: int) -> tuple[str, float] | None:
     """``conditioning_attention_mask=(path, strength)``: a readable video with at least ``num_frames``
     frames (the control videos' length) and a strength in [0, 1], which takes the place of
@@ -132,16 +139,7 @@ def _check_mask(pipeline, request, num_frames: int) -> tuple[str, float] | None:
         return None
     n = pipeline._name
     arg = n("conditioning_attention_mask")
-    try:
-        path, strength = item
-    except (TypeError, ValueError):
-        raise ValueError(f"{arg} must be a (mask video path, strength) pair; got {item!r}") from None
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"{arg}: the path must be a video file name; got {path!r}")
-    path = os.fspath(path)
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or \
-            not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
-        raise ValueError(f"mask video {path} ({arg}): strength {strength!r} must be in [0, 1]")
+    path, strength = _video_and_strength(item, arg, "mask video")
     if request.conditioning_attention_strength != 1.0:
         raise ValueError(f"give either {n('conditioning_attention_strength')} or {arg} with its strength, not both: "
                          f"the mask's strength is the attention strength (the mask is multiplied by it)")
