@@ -1,0 +1,188 @@
+"""LTX-2.5's diffusion video decoder (mlx_ltx/models/diffusion_video_decoder.py) against the reference's
+goldens (tests/reference/FORMAT-DIFFVAE.md): every stage, the whole untiled decode with the sampler
+noise injected in both stage-5 border modes, the size floor, strict loading and the gate folding's
+bf16 rounding. Every shape and config value is read from the fixture set."""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from reference_data import fixture_dirs
+
+from mlx_ltx.loading import CheckpointError, read_safetensors_header
+from mlx_ltx.models.diffusion_decoder_blocks import default_rope_dim_split
+from mlx_ltx.models.diffusion_video_decoder import CHUNKED_W_CHUNKS, DiffusionVideoDecoder
+
+F32_TOL = 1e-4
+MODES = {"chunked_eager": "chunked_eager", "combined": "full"}  # golden name -> border argument
+
+
+class DiffVAESet:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.vae_path = self.path / self.manifest["files"]["vae"]
+        self.golden = {k: v for k, v in mx.load(str(self.path / self.manifest["files"]["golden_diffvae"])).items()}
+        self.decoder = DiffusionVideoDecoder.from_checkpoint(str(self.vae_path))
+
+    def __repr__(self) -> str:
+        return f"DiffVAESet({self.path.name})"
+
+
+_DIRS = fixture_dirs("diffvae")
+
+
+@pytest.fixture(scope="module", params=_DIRS, ids=[d.name for d in _DIRS])
+def dv(request):
+    return DiffVAESet(request.param)
+
+
+def _rel(actual, expected) -> float:
+    a = np.asarray(actual.astype(mx.float32), dtype=np.float64)
+    e = np.asarray(expected.astype(mx.float32), dtype=np.float64)
+    assert a.shape == e.shape, (a.shape, e.shape)
+    return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-12))
+
+
+def test_config_from_file(dv):
+    cfg, facts = dv.decoder.config, dv.manifest["decoder"]
+    dec = dv.manifest["vae_metadata"]["config"]["vae"]["decoder"]
+    assert cfg.stage_channels == tuple(dec["stage_channels"])
+    assert cfg.stage_kernels == tuple(tuple(k) for k in dec["stage_kernels"])
+    assert cfg.default_num_inference_steps == facts["default_num_inference_steps"]
+    assert cfg.timestep_scale_multiplier == facts["timestep_scale_multiplier"]
+    assert cfg.model_output_type == facts["model_output_type"]
+    assert cfg.stage_min_tile_sizes == tuple(facts["stage_min_tile_sizes"])
+    assert cfg.natten_trailing_pad_latent_frames == facts["natten_trailing_pad_latent_frames"]
+    assert default_rope_dim_split(cfg.head_dim) == tuple(facts["rope_dim_split"])
+    assert CHUNKED_W_CHUNKS == facts["chunked_w_chunks"]
+    # torch.linspace's float32 values, bit for bit
+    np.testing.assert_array_equal(cfg.timesteps(), np.asarray(dv.golden["timesteps"]))
+    np.testing.assert_array_equal(cfg.timesteps(), np.asarray(facts["timesteps"], dtype=np.float32))
+
+
+def test_stages(dv):
+    g, dec = dv.golden, dv.decoder
+    work, _ = dec.prepare_latent(g["main.latent"])
+    assert _rel(work, g["main.latent_work"]) == 0
+    padded = dec.ghost_pad(work)
+    assert _rel(padded, g["main.latent_ghost_padded"]) == 0
+    x = dec.conv_in_stage(padded)
+    assert _rel(x, g["main.stage0.conv_in"]) < F32_TOL
+    for s in range(3):
+        x = dec.run_det_stage(x, s)
+        assert _rel(x, g[f"main.stage{s + 1}.out"]) < F32_TOL, f"stage {s + 1}"
+    # each later stage starts from the golden input, so an error is pinned to its stage
+    x = g["main.stage3.out"]
+    assert _rel(dec.forward_stage_4(x, deferred=True), g["main.stage4.features"]) < F32_TOL
+    assert _rel(dec.forward_stage_4(x), g["main.stage5.context"]) < F32_TOL
+    # the chunked path's deferred upsample gives the combined context
+    assert _rel(dec.context_from_stage4(g["main.stage4.features"]), g["main.stage5.context"]) < F32_TOL
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_decode_x0(dv, mode):
+    g, dec = dv.golden, dv.decoder
+    case = dv.manifest["decode"]["cases"]["main"]
+    assert dec.work_pixel_shape(g["main.latent"].shape) == tuple(case["x_t_noise_shape"])
+    x0 = dec.decode_x0(g["main.latent"], g["main.x_t_noise"], border=MODES[mode])
+    assert _rel(x0, g[f"main.{mode}.x0"]) < F32_TOL
+    # decode = clamp((x0 + 1) / 2) cropped to the content (here the whole volume)
+    pixels = dec(g["main.latent"], g["main.x_t_noise"], border=MODES[mode])
+    assert tuple(pixels.shape[1:]) == tuple(case["pixel_shape_fhwc"])
+    expected = mx.clip((g[f"main.{mode}.x0"][0].transpose(1, 2, 3, 0) + 1) * 0.5, 0, 1)
+    assert float(mx.abs(pixels[0] - expected).max()) < F32_TOL
+
+
+def test_modes_differ_as_documented(dv):
+    """The two golden modes differ (the W-edge replication), so each mode's test means something."""
+    g = dv.golden
+    assert _rel(g["main.chunked_eager.x0"], g["main.combined.x0"]) > 10 * F32_TOL
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_size_floor(dv, mode):
+    g, dec = dv.golden, dv.decoder
+    case = dv.manifest["decode"]["cases"]["floor"]
+    latent = g["floor.latent"]
+    assert tuple(latent.shape) == tuple(case["latent_shape"])
+    work, _ = dec.prepare_latent(latent)
+    assert tuple(work.shape) == tuple(case["work_latent_shape"])
+    assert dec.work_pixel_shape(latent.shape) == tuple(case["x_t_noise_shape"])
+    pixels = dec(latent, g["floor.x_t_noise"], border=MODES[mode])
+    assert pixels.shape[0] == 1
+    assert _rel(pixels[0], g[f"floor.{mode}.pixels"]) < F32_TOL
+
+
+def test_bad_arguments(dv):
+    g, dec = dv.golden, dv.decoder
+    with pytest.raises(ValueError, match="padded pixel volume"):
+        dec.decode_x0(g["main.latent"], g["main.x_t_noise"][:, :, :-1])
+    with pytest.raises(ValueError, match="border"):
+        dec.decode_x0(g["main.latent"], g["main.x_t_noise"], border="natten")
+
+
+def test_gate_folding_rounds_to_file_dtype(dv):
+    """Folded weights are bf16(g·W) of the file's tensors, computed in float32 (the reference casts
+    the fold back to the file dtype before any build cast), and that rounding is visible."""
+    raw = mx.load(str(dv.vae_path))
+    params = dict(tree_flatten(dv.decoder.parameters()))
+    targets = {"gate_msa": ("attn.proj.weight", "attn.proj.bias"), "gate_mlp": ("mlp.w_down.weight",),
+               "gate_ctx": ("context_proj.weight", "context_proj.bias")}
+    rounded_away = total = 0
+    for gate_key in dv.manifest["decoder"]["gate_keys"]:
+        block, gate = gate_key.rsplit(".", 1)
+        g = raw[f"decoder.{gate_key}"].astype(mx.float32)
+        assert raw[f"decoder.{gate_key}"].dtype == mx.bfloat16
+        assert gate_key not in params
+        for leaf in targets[gate]:
+            w = raw[f"decoder.{block}.{leaf}"]
+            exact = (g[:, None] if w.ndim == 2 else g) * w.astype(mx.float32)
+            loaded = params[f"{block}.{leaf}"]
+            assert loaded.dtype == mx.float32
+            assert bool(mx.array_equal(loaded, exact.astype(w.dtype).astype(mx.float32)))
+            rounded_away += int(mx.sum(loaded != exact))
+            total += exact.size
+    assert rounded_away > total // 2
+
+
+# -- strict loading ------------------------------------------------------------------------------
+
+
+def _write_variant(dv, tmp_path: Path, edit) -> Path:
+    tensors = dict(mx.load(str(dv.vae_path)))
+    metadata = read_safetensors_header(str(dv.vae_path))["__metadata__"]
+    edit(tensors)
+    out = tmp_path / "variant.safetensors"
+    mx.save_safetensors(str(out), tensors, metadata=metadata)
+    return out
+
+
+def test_loader_drops_preview_head_and_splits_qkv(dv):
+    params = dict(tree_flatten(dv.decoder.parameters()))
+    assert dv.manifest["decoder"]["coarse_keys"] and not any(k.startswith("coarse_") for k in params)
+    raw = mx.load(str(dv.vae_path))
+    fused = raw["decoder.det_stages.0.0.attn.qkv.weight"].astype(mx.float32)
+    d = fused.shape[0] // 3
+    for j, part in enumerate(("to_q", "to_k", "to_v")):
+        assert bool(mx.array_equal(params[f"det_stages.0.0.attn.qkv.{part}.weight"], fused[j * d:(j + 1) * d]))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.pop("decoder.diff_blocks.0.attn.qkv.weight"),
+     r"missing.*'decoder\.diff_blocks\.0\.attn\.qkv\.weight'"),
+    (lambda t: t.pop("decoder.t_embedder.mlp.2.bias"), r"missing.*'decoder\.t_embedder\.mlp\.2\.bias'"),
+    (lambda t: t.__setitem__("decoder.extra_head.weight", mx.zeros((2, 2))),
+     r"unexpected.*'decoder\.extra_head\.weight'"),
+    (lambda t: t.__setitem__("decoder.diff_blocks.9.gate_msa", mx.ones((4,))),
+     r"unexpected.*'decoder\.diff_blocks\.9\.gate_msa'"),
+    (lambda t: t.__setitem__("decoder.conv_in.weight", t["decoder.conv_in.weight"][:, :-1]),
+     r"wrong shape.*'decoder\.conv_in\.weight'"),
+], ids=["missing-qkv", "missing-renamed", "extra", "orphan-gate", "mis-shaped"])
+def test_strict_loading_errors(dv, tmp_path, edit, message):
+    path = _write_variant(dv, tmp_path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        DiffusionVideoDecoder.from_checkpoint(str(path))
