@@ -54,7 +54,10 @@ def test_prompt_contexts_match_reference_25(fixture_set_25):
 
 @pytest.mark.parametrize("name", E2E)
 def test_stage_outputs_match_reference_25(fixture_set_25, name):
-    """Each stage from the reference's contexts (the ancestral draws too): where a difference starts."""
+    """Each stage from the reference's contexts (the ancestral draws too): where a difference starts.
+    A diagnostic of the whole-pipeline test above, which runs on every set: on the first set only."""
+    if fixture_set_25.path != plumbing_set().path:
+        pytest.skip("stage diagnostics run on the first 2.5 set; the whole pipeline is compared on every set")
     g, meta = e2e(fixture_set_25)
     errors = stage_output_errors(fixture_set_25, name, make_pipeline(fixture_set_25, name), g, meta)
     assert max(errors.values()) <= TOL_LOOP, errors
