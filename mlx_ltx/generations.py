@@ -1,10 +1,10 @@
 """What a checkpoint is, decided in one place from its files' metadata and keys.
 
 LTX generations differ by data, not by code paths: the transformer file's ``model_version``
-(defaults, the distilled stage-1 sampler, whether a Gemma provenance stamp is required), the
+(defaults, the distilled stage-1 sampler; the Gemma provenance check is ``gemma4.check_gemma_version``), the
 video-VAE file's ``model_version`` (the image CRF, as ``ImageConditioner.default_image_crf``
 reads it), ``config.vae._class_name`` (the decoder kind), the text encoder's Gemma
-``model_type`` and whether a duration head is there. :func:`describe` reads all of it once;
+``model_type`` (its loaders: ``text_encoder.GEMMA_FAMILIES``) and whether a duration head is there. :func:`describe` reads all of it once;
 the pipelines consult the :class:`ModelKind` and the registries below instead of comparing
 versions themselves, so a new generation adds rows here.
 """
@@ -21,11 +21,6 @@ from .model_files import CONV_VAE_CLASS, RELEASE_NAMES
 
 # config.vae._class_name -> the decoder this port builds for it (VideoDecoderConfigurator's switch)
 VIDEO_DECODERS = {CONV_VAE_CLASS: "conv"}
-# Gemma families (``gemma_config.model_type``) a text encoder may be; the loaders are in
-# models/text_encoder.py, keyed the same way
-TEXT_ENCODER_FAMILIES = ("gemma3", "gemma4_unified")
-# _GEMMA_SOURCE_CHECKPOINT_REQUIRED_SINCE: from here on a transformer names its Gemma
-GEMMA_STAMP_REQUIRED_SINCE = (2, 4, 0)
 # the generation whose release ships a duration head (model_patches/): its clips have no default length
 DURATION_HEAD_SINCE = (2, 5)
 
@@ -40,7 +35,6 @@ class ModelKind:
     image_crf: int                    # the CRF images are re-compressed at (video-VAE file's version)
     video_decoder: str                # config.vae._class_name
     text_encoder_family: str | None   # the bundled TE's model_type; None when the TE is not in the checkpoint
-    gemma_stamp: str | None           # the transformer's gemma_source_checkpoint.gemma_version
     has_duration_head: bool
 
     @property
@@ -50,10 +44,6 @@ class ModelKind:
     @property
     def ships_duration_head(self) -> bool:
         return self.version >= DURATION_HEAD_SINCE
-
-    @property
-    def needs_gemma_stamp(self) -> bool:
-        return self.version >= GEMMA_STAMP_REQUIRED_SINCE
 
 
 def _version(metadata: dict) -> tuple[int, ...]:
@@ -68,7 +58,6 @@ def describe(checkpoint: Checkpoint) -> ModelKind:
     vae_cfg = ((vae_meta.get("config") or {}).get("vae") or {}) if isinstance(vae_meta.get("config"), dict) else {}
     te = checkpoint.role_metadata("text_encoder") if checkpoint.role_path("text_encoder") else {}
     gemma_cfg = te.get("gemma_config") if isinstance(te.get("gemma_config"), dict) else None
-    stamp = tr.get("gemma_source_checkpoint")
     return ModelKind(
         version=_version(tr),
         layout=checkpoint.layout,
@@ -77,7 +66,6 @@ def describe(checkpoint: Checkpoint) -> ModelKind:
                                 else str(vae_meta["model_version"])).default_image_crf,
         video_decoder=vae_cfg.get("_class_name", CONV_VAE_CLASS),
         text_encoder_family=None if gemma_cfg is None else gemma_cfg.get("model_type"),
-        gemma_stamp=stamp.get("gemma_version") if isinstance(stamp, dict) else None,
         has_duration_head=checkpoint.has_component("duration_head"),
     )
 
@@ -89,9 +77,6 @@ def check_buildable(kind: ModelKind, checkpoint: Checkpoint) -> None:
         raise ValueError(f"{where}: its video VAE is a {kind.video_decoder} (LTX-2.5's diffusion decoder), which "
                          f"mlx_ltx does not build; use the convolutional decoder file of the same release "
                          f"({RELEASE_NAMES['video_vae']}) instead")
-    if kind.text_encoder_family is not None and kind.text_encoder_family not in TEXT_ENCODER_FAMILIES:
-        raise ValueError(f"{checkpoint.role_path('text_encoder')}: Gemma model_type {kind.text_encoder_family!r}; "
-                         f"the LTX text encoder is one of {TEXT_ENCODER_FAMILIES}")
 
 
 # the release names carry the generation: ltx-2.3-22b-distilled-lora-384, ltx-2-19b-…, ltx-2.5-22b-…

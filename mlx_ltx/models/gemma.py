@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -168,7 +169,7 @@ class _GemmaMLP(gemma3_text.MLP):
         return self.down_proj(gelu_tanh_rounded_once(self.gate_proj(x)) * self.up_proj(x))
 
 
-class GemmaHiddenStates(nn.Module):
+class GemmaHiddenStates(nn.Module, metaclass=ABCMeta):
     """The family-agnostic part of ``LTXGemmaTextEncoder.encode`` over an mlx-lm Gemma held as
     ``language_model`` (its inner ``model`` has ``embed_tokens``, ``layers`` and ``norm``):
     padding masks and the walk that collects every hidden state. mlx-lm's own forward builds
@@ -194,9 +195,9 @@ class GemmaHiddenStates(nn.Module):
     def _embedding_ids(self, input_ids: mx.array) -> mx.array:
         return input_ids
 
+    @abstractmethod
     def _layer_outputs(self, h: mx.array, masks: dict[str, mx.array]):
-        """Yield each decoder layer's output in turn."""
-        raise NotImplementedError
+        """Yield each decoder layer's output in turn (each family calls its layers differently)."""
 
     def hidden_states(self, input_ids: mx.array, attention_mask: mx.array) -> list[mx.array]:
         """The ``num_hidden_layers + 1`` hidden states of ``model.model(..., output_hidden_states=True)``.
