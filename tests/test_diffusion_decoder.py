@@ -4,6 +4,7 @@ noise injected in both stage-5 border modes, the size floor, strict loading and 
 bf16 rounding. Every shape and config value is read from the fixture set."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -14,9 +15,19 @@ from reference_data import fixture_dirs
 
 from mlx_ltx.loading import CheckpointError, read_safetensors_header
 from mlx_ltx.models.diffusion_decoder_blocks import default_rope_dim_split
+from mlx_ltx.models.diffusion_tiling import (
+    axis_weights,
+    prepare_tile_schedule,
+    recommended_pixel_overlaps,
+    stage4_thw_from_latent,
+    tile_halos,
+    tile_min_sizes,
+)
 from mlx_ltx.models.diffusion_video_decoder import CHUNKED_W_CHUNKS, DiffusionVideoDecoder
+from mlx_ltx.models.vae_tiling import AxisTiling, TilingConfig
 
 F32_TOL = 1e-4
+BF16_TOL = 2e-2
 MODES = {"chunked_eager": "chunked_eager", "combined": "full"}  # golden name -> border argument
 
 
@@ -88,7 +99,7 @@ def test_decode_x0(dv, mode):
     g, dec = dv.golden, dv.decoder
     case = dv.manifest["decode"]["cases"]["main"]
     assert dec.work_pixel_shape(g["main.latent"].shape) == tuple(case["x_t_noise_shape"])
-    x0 = dec.decode_x0(g["main.latent"], g["main.x_t_noise"], border=MODES[mode])
+    x0 = dec.decode_raw(g["main.latent"], g["main.x_t_noise"], border=MODES[mode])
     assert _rel(x0, g[f"main.{mode}.x0"]) < F32_TOL
     # decode = clamp((x0 + 1) / 2) cropped to the content (here the whole volume)
     pixels = dec(g["main.latent"], g["main.x_t_noise"], border=MODES[mode])
@@ -120,9 +131,67 @@ def test_size_floor(dv, mode):
 def test_bad_arguments(dv):
     g, dec = dv.golden, dv.decoder
     with pytest.raises(ValueError, match="padded pixel volume"):
-        dec.decode_x0(g["main.latent"], g["main.x_t_noise"][:, :, :-1])
+        dec.decode_raw(g["main.latent"], g["main.x_t_noise"][:, :, :-1])
     with pytest.raises(ValueError, match="border"):
-        dec.decode_x0(g["main.latent"], g["main.x_t_noise"], border="natten")
+        dec.decode_raw(g["main.latent"], g["main.x_t_noise"], border="natten")
+
+
+def _tiling(case: dict) -> TilingConfig:
+    t = case["tiling"]
+    return TilingConfig(*(AxisTiling(t[a]["tile_size"], t[a]["overlap"]) for a in ("frames", "height", "width")))
+
+
+def test_tile_schedule(dv):
+    """The tiles (stage-4 slices, pixel slices) of the reference's ``prepare_tile_schedule``."""
+    case = dv.manifest["decode"]["cases"]["tiled"]
+    cfg = dv.decoder.config
+    s4 = stage4_thw_from_latent(cfg.upsamples, *case["latent_shape"][2:])
+    tiles = prepare_tile_schedule(cfg, s4, _tiling(case))
+    got = [{"in": [[s.start, s.stop] for s in t.s4], "out": [[s.start, s.stop] for s in t.out]} for t in tiles]
+    assert got == case["tiles"]
+    assert tile_min_sizes(cfg) == tuple(dv.manifest["decoder"]["tile_min_sizes"])
+    assert [list(h) for h in tile_halos(cfg)] == dv.manifest["decoder"]["tile_halos"]
+    # the blend ramps partition unity on every axis: no weight division
+    assert all(np.allclose(w, 1.0) for w in axis_weights(tiles, tuple(case["x_t_noise_shape"][2:])))
+    # an overlap below what stages 4-5 reach is refused, naming the axis and the minimum
+    frames, pixels = recommended_pixel_overlaps(cfg)
+    bad = TilingConfig(AxisTiling(), AxisTiling(), AxisTiling(4 * pixels, pixels - 32 if pixels > 32 else 0))
+    with pytest.raises(ValueError, match=f"width overlap .* below the required {pixels} px"):
+        prepare_tile_schedule(cfg, s4, bad)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_tiled_decode(dv, mode):
+    """Stages 4-5 per tile with the trapezoid blend, streamed per temporal group, vs the reference's
+    tiled ``_decode_pixels`` (raw, before the [0, 1] map)."""
+    g, dec = dv.golden, dv.decoder
+    case = dv.manifest["decode"]["cases"]["tiled"]
+    assert dec.work_pixel_shape(g["tiled.latent"].shape) == tuple(case["x_t_noise_shape"])
+    chunks = list(dec.iter_decode(g["tiled.latent"], g["tiled.x_t_noise"], _tiling(case), border=MODES[mode]))
+    assert [c.shape[2] for c in chunks] == [int(n) for n in np.asarray(g[f"tiled.{mode}.chunk_frames"])]
+    assert _rel(mx.concatenate(chunks, axis=2), g[f"tiled.{mode}.raw"]) < F32_TOL
+
+
+def test_x0_output_type(dv):
+    """``model_output_type: x0``: the sampler converts to a velocity between steps and returns the
+    last output raw (the same weights, the reference's x0 branch)."""
+    g, dec = dv.golden, dv.decoder
+    x0_dec = DiffusionVideoDecoder(replace(dec.config, model_output_type="x0"))
+    x0_dec.update(dec.parameters())
+    assert _rel(x0_dec.decode_raw(g["main.latent"], g["main.x_t_noise"]), g["x0type.chunked_eager.raw"]) < F32_TOL
+
+
+def test_bfloat16_decode(dv):
+    """The decoder built in bfloat16 (the pipelines' dtype; float16 blend buffer, as the reference):
+    against the reference's bf16 build, within the bf16 tolerance or, on random weights that amplify
+    rounding over the stages and sampler steps, within 2x the reference's own bf16-vs-f32 distance."""
+    g = dv.golden
+    dec = DiffusionVideoDecoder.from_checkpoint(str(dv.vae_path), dtype=mx.bfloat16)
+    raw = dec.decode_raw(g["main.latent"].astype(mx.bfloat16), g["main.x_t_noise"].astype(mx.bfloat16))
+    assert raw.dtype == mx.bfloat16
+    err, ref_err = _rel(raw, g["bf16.chunked_eager.raw"]), float(g["bf16.ref_err"][0])
+    print(f"\nbf16 decode: {err:.3e} vs the reference's bf16 (its own bf16-vs-f32: {ref_err:.3e})")
+    assert err < max(BF16_TOL, 2 * ref_err)
 
 
 def test_gate_folding_rounds_to_file_dtype(dv):

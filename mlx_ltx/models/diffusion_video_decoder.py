@@ -18,6 +18,7 @@ window shift). Stage 5 runs in the reference pipelines' default border mode, ``c
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,13 @@ import numpy as np
 
 from ..config import ConfigError
 from ..loading import COMPONENTS, Checkpoint, CheckpointError, load_strict
+from .diffusion_tiling import (
+    axis_weights,
+    group_by_frames,
+    prepare_tile_schedule,
+    stage4_thw_from_latent,
+    stage5_canvas,
+)
 from .diffusion_decoder_blocks import (
     AdaLNZero,
     DiffusionNABlock,
@@ -34,6 +42,7 @@ from .diffusion_decoder_blocks import (
     NABlock,
     pixel_shuffle,
 )
+from .vae_tiling import TilingConfig
 from .video_vae_ops import PerChannelStatistics, PixArtAlphaCombinedTimestepSizeEmbeddings, patchify, unpatchify
 
 VIDEO_SCALE = (8, 32, 32)  # SpatioTemporalScaleFactors.default(): the decoder's frame/pixel scale
@@ -161,6 +170,7 @@ class DiffusionVideoDecoder(nn.Module):
     def __init__(self, config: DiffusionDecoderConfig):
         super().__init__()
         self.config = cfg = config
+        self.dtype = mx.float32  # of the weights and activations (from_checkpoint sets it)
         self.patch_size = cfg.patch_size
         self.out_channels = cfg.out_channels
         self.per_channel_statistics = PerChannelStatistics(cfg.in_channels)
@@ -196,8 +206,10 @@ class DiffusionVideoDecoder(nn.Module):
             raise CheckpointError(f"{ckpt.path}: no decoder tensors (keys decoder.* or vae.decoder.*)")
         bare = any(v.startswith("decoder.") for v in origin.values())  # the file's own prefix style
         weights, origin = rewrite_checkpoint_weights(weights, origin)
-        return load_strict(model, weights, source=ckpt.path, dtype=dtype,
-                           origin=lambda k: origin.get(k) or _expected_source_key(k, bare))
+        model = load_strict(model, weights, source=ckpt.path, dtype=dtype,
+                            origin=lambda k: origin.get(k) or _expected_source_key(k, bare))
+        model.dtype = dtype
+        return model
 
     # -- stages 1–4 ------------------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ class DiffusionVideoDecoder(nn.Module):
 
     def conv_in_stage(self, latent: mx.array) -> mx.array:
         """un_normalize, channels-last, ``conv_in``: (B, C, T, H, W) → (B, T, H, W, C0)."""
-        x = self.per_channel_statistics.un_normalize(latent.astype(mx.float32), axis=1)
+        x = self.per_channel_statistics.un_normalize(latent.astype(self.dtype), axis=1)
         return self.conv_in(x.transpose(0, 2, 3, 4, 1))
 
     def run_det_stage(self, x: mx.array, stage: int, upsample: bool = True) -> mx.array:
@@ -235,23 +247,29 @@ class DiffusionVideoDecoder(nn.Module):
             x = self.run_det_stage(x, s)
         return x
 
-    def forward_stage_4(self, x: mx.array, deferred: bool = False) -> mx.array:
-        """Stage 4 and the ghost crop. ``deferred=False`` (combined): NA blocks, ``upsamples.3``, crop at
-        pixel-frame resolution → the stage-5 context. ``deferred=True`` (chunked): NA blocks only, crop
-        at stage-4 resolution; the upsample then runs per stage-5 block (:meth:`context_from_stage4`)."""
+    def forward_stage_4(self, x: mx.array, deferred: bool = False, drop_leading_frame: bool = True,
+                        pad_trailing: bool = True) -> mx.array:
+        """Stage 4 on a stage-4 tile and the ghost crop (when the tile ends the clip). ``deferred=False``
+        (combined): NA blocks, ``upsamples.3``, crop at pixel-frame resolution → the stage-5 context.
+        ``deferred=True`` (chunked): NA blocks only, crop at stage-4 resolution; the upsample then
+        runs per stage-5 block (:meth:`context_from_stage4`). ``drop_leading_frame``: the tile holds t = 0."""
         cfg = self.config
-        x = self.run_det_stage(x, 3, upsample=not deferred)
+        for block in self.det_stages[3]:
+            x = block(x)
+            mx.eval(x)
         up_t = cfg.upsamples[3][0][0]
         if deferred:
             return _crop_ghost(x, cfg.natten_trailing_pad_latent_frames * (VIDEO_SCALE[0] // up_t),
-                               max(1, -(-cfg.stage5_kernel[0] // up_t)))
-        return _crop_ghost(x, cfg.natten_trailing_pad_latent_frames * VIDEO_SCALE[0], cfg.stage5_kernel[0])
+                               max(1, -(-cfg.stage5_kernel[0] // up_t))) if pad_trailing else x
+        x = self.upsamples[3](x, drop_leading_frame)
+        return _crop_ghost(x, cfg.natten_trailing_pad_latent_frames * VIDEO_SCALE[0],
+                           cfg.stage5_kernel[0]) if pad_trailing else x
 
-    def context_from_stage4(self, features: mx.array) -> mx.array:
+    def context_from_stage4(self, features: mx.array, drop_leading_frame: bool = True) -> mx.array:
         """The deferred ``upsamples.3`` of the chunked path (a per-position Linear and a shuffle, so
         one pass equals the reference's per-W-slab passes)."""
         up = self.upsamples[3]
-        return pixel_shuffle(up.proj(features), up.stride)
+        return pixel_shuffle(up.proj(features), up.stride, drop_leading_frame)
 
     # -- stage 5 ---------------------------------------------------------------------------------
 
@@ -259,7 +277,7 @@ class DiffusionVideoDecoder(nn.Module):
         """The stage-5 model on ``x_t (B, F, H, W, 3)`` channels-last at time ``t``; same layout out."""
         cfg = self.config
         B = x_t.shape[0]
-        x = self.conv_in_x_t(patchify(x_t, self.patch_size))
+        x = self.conv_in_x_t(patchify(x_t.astype(self.dtype), self.patch_size))
         t_in = mx.full((B,), cfg.timestep_scale_multiplier, dtype=mx.float32) * mx.array(t, dtype=mx.float32)
         modulation = self.shared_adaln(self.t_embedder(t_in, x.dtype))
         w_chunks = CHUNKED_W_CHUNKS if border == "chunked_eager" else 1
@@ -270,19 +288,32 @@ class DiffusionVideoDecoder(nn.Module):
 
     def sample(self, context: mx.array, x_t: mx.array, border: str) -> mx.array:
         """``_decode_one_tile``'s sampler from ``x_t`` at t = 1 (channels-last): Euler steps over
-        ``linspace(1, 1/N, N)``, the last to t = 0, or the raw output when the model predicts x0."""
+        ``linspace(1, 1/N, N)`` in float32, the state kept in the decoder's dtype between steps, the
+        last step to t = 0, or the raw output when the model predicts x0."""
         cfg = self.config
         ts = [float(t) for t in cfg.timesteps()]
-        x = x_t.astype(mx.float32)
+        x = x_t.astype(self.dtype)
         for i, t in enumerate(ts):
             out = self.forward_diff_step(x, context, t, border).astype(mx.float32)
             if i == len(ts) - 1 and cfg.model_output_type == "x0":
                 return out
-            v = out if cfg.model_output_type == "v" else (x - out) / t
+            x32 = x.astype(mx.float32)
+            v = out if cfg.model_output_type == "v" else (x32 - out) / t
             t_next = ts[i + 1] if i + 1 < len(ts) else 0.0
-            x = x - float(np.float32(t) - np.float32(t_next)) * v
+            x = (x32 - float(np.float32(t) - np.float32(t_next)) * v).astype(self.dtype)
             mx.eval(x)
         return x
+
+    def decode_tile(self, feat: mx.array, x_t: mx.array, is_origin: bool, pad_trailing: bool,
+                    border: str) -> mx.array:
+        """Stages 4–5 of one stage-4 tile (``_decode_one_tile``): pixels ``(B, F, H, W, 3)``."""
+        if border == "chunked_eager":
+            context = self.context_from_stage4(
+                self.forward_stage_4(feat, True, is_origin, pad_trailing), is_origin)
+        else:
+            context = self.forward_stage_4(feat, False, is_origin, pad_trailing)
+        mx.eval(context)
+        return self.sample(context, x_t, border)
 
     # -- decode ----------------------------------------------------------------------------------
 
@@ -293,45 +324,102 @@ class DiffusionVideoDecoder(nn.Module):
         T, H, W = (max(n, f) for n, f in zip((T, H, W), self.config.stage_min_tile_sizes))
         return B, self.out_channels, (T - 1) * VIDEO_SCALE[0] + 1, H * VIDEO_SCALE[1], W * VIDEO_SCALE[2]
 
-    def decode_x0(self, latent: mx.array, noise: mx.array, border: str = "chunked_eager") -> mx.array:
-        """The untiled decode up to the sampler's last output: (B, 3, F, H, W) over the padded work
-        volume, before the crop, ``(x+1)/2`` and the clamp. ``noise``: standard normal of
-        :meth:`work_pixel_shape`, channels-first (the reference's one ``torch.randn``)."""
+    def iter_decode(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
+                    border: str = "chunked_eager", key: mx.array | None = None) -> Iterator[mx.array]:
+        """Decode, yielding the blended pixels ``(B, 3, f, H, W)`` (raw ``[−1, 1]`` scale, cropped to the
+        latent's own size) chunk by chunk in frame order (``_decode_pixels``). Stages 1–3 run once;
+        stages 4–5 per tile of ``tiling`` (None: one tile). ``noise``: the sampler's start, standard
+        normal over :meth:`work_pixel_shape` — an array, or ``noise(shape, dtype)`` called once (the
+        reference's one ``torch.randn`` from the pipeline generator), or None (``key`` / the global RNG).
+        A one-step x0 model draws per tile instead, as the reference."""
         if border not in BORDERS:
             raise ValueError(f"border={border!r}; expected one of {BORDERS}")
         cfg = self.config
-        work, _ = self.prepare_latent(latent)
-        if tuple(noise.shape) != self.work_pixel_shape(latent.shape):
-            raise ValueError(f"noise of shape {tuple(noise.shape)}; this latent needs "
-                             f"{self.work_pixel_shape(latent.shape)} (the padded pixel volume)")
+        B, _, T, H, W = latent.shape
+        work, (_, h_pad, w_pad) = self.prepare_latent(latent)
+        work_shape = self.work_pixel_shape(latent.shape)
+        s4 = stage4_thw_from_latent(cfg.upsamples, *work.shape[2:])
+        tiles = prepare_tile_schedule(cfg, s4, tiling)
         feat = self.forward_stages_1_to_3(self.ghost_pad(work))
         mx.eval(feat)
-        if border == "chunked_eager":
-            context = self.context_from_stage4(self.forward_stage_4(feat, deferred=True))
-        else:
-            context = self.forward_stage_4(feat)
-        mx.eval(context)
-        # the stage-5 canvas (stage5_pixel_shape_from_stage4, one untiled tile): frames floored at K_t
-        st, sh, sw = cfg.upsamples[3][0]
-        s4_t, s4_h, s4_w = work.shape[2:]
-        for (t_st, h_st, w_st), _ in cfg.upsamples[:3]:  # stage4_thw_from_latent (content, no ghosts)
-            s4_t, s4_h, s4_w = s4_t * t_st - (t_st == 2), s4_h * h_st, s4_w * w_st
-        frames = max(s4_t * st - 1 if st == 2 else s4_t * st, cfg.stage5_kernel[0])
-        x_t = noise.transpose(0, 2, 3, 4, 1)
-        x_t, _ = resize_axis(x_t, 1, frames, "repeat_last")
-        x_t, _ = resize_axis(x_t, 2, s4_h * sh * self.patch_size, "symmetric")
-        x_t, _ = resize_axis(x_t, 3, s4_w * sw * self.patch_size, "symmetric")
-        return self.sample(context, x_t, border).transpose(0, 4, 1, 2, 3)
 
-    def __call__(self, latent: mx.array, noise: mx.array, border: str = "chunked_eager") -> mx.array:
-        """Decode to pixels ``(B, F, H, W, 3)`` in [0, 1], cropped to the latent's own size
-        (1+8(T−1), 32H, 32W). (The reference's ``decode_video`` yields batch 0 only, as (F, H, W, 3).)"""
-        x0 = self.decode_x0(latent, noise, border)
-        _, (_, h_pad, w_pad) = self.prepare_latent(latent)
-        _, _, T, H, W = latent.shape
+        def draw(shape):
+            if callable(noise):
+                n = noise(shape, self.dtype)
+            elif noise is not None:
+                n = noise
+            else:
+                n = mx.random.normal(shape, key=key)
+            if tuple(n.shape) != tuple(shape):
+                raise ValueError(f"noise of shape {tuple(n.shape)}; this latent needs {tuple(shape)} (the padded "
+                                 f"pixel volume)")
+            return n
+
+        per_tile = cfg.default_num_inference_steps == 1 and cfg.model_output_type == "x0"
+        x_init = None if per_tile else draw(work_shape).transpose(0, 2, 3, 4, 1)  # channels-last
+        acc = np.float16 if self.dtype == mx.bfloat16 else np.float32  # as the reference's accumulator
+        weights = axis_weights(tiles, work_shape[2:])
+        complementary = all(np.allclose(w, 1.0, rtol=0.0, atol=1e-5) for w in weights)
         F = (T - 1) * VIDEO_SCALE[0] + 1
         h0, w0 = h_pad[0] * VIDEO_SCALE[1], w_pad[0] * VIDEO_SCALE[2]
-        x = x0[:, :, :F, h0:h0 + H * VIDEO_SCALE[1], w0:w0 + W * VIDEO_SCALE[2]]
+
+        def emit(buf: np.ndarray, start: int) -> mx.array | None:
+            keep = min(buf.shape[2], F - start)
+            if keep < 1:
+                return None
+            x = buf[:, :, :keep]
+            if not complementary:
+                wt = weights[0][start:start + keep][:, None, None] * weights[1][:, None] * weights[2][None, :]
+                x = x / np.maximum(wt, 1e-8)
+            x = x[:, :, :, h0:h0 + H * VIDEO_SCALE[1], w0:w0 + W * VIDEO_SCALE[2]]
+            return mx.array(np.ascontiguousarray(x)).astype(self.dtype)
+
+        prev: tuple[np.ndarray, int] | None = None
+        for group in group_by_frames(tiles):
+            g0, g1 = group[0].out[0].start, group[0].out[0].stop
+            buf = np.zeros((B, self.out_channels, g1 - g0, *work_shape[3:]), dtype=acc)
+            for tile in group:
+                t0, t1 = tile.s4[0].start, tile.s4[0].stop
+                pad_trailing = t1 == s4[0]
+                feat_tile = feat[:, t0:feat.shape[1] if pad_trailing else t1, tile.s4[1], tile.s4[2]]
+                content = (t1 - t0, tile.s4[1].stop - tile.s4[1].start, tile.s4[2].stop - tile.s4[2].start)
+                canvas = stage5_canvas(cfg, content, tile.is_origin, pad_trailing)
+                if per_tile:
+                    x_t = draw((B, self.out_channels, *canvas)).transpose(0, 2, 3, 4, 1)
+                else:
+                    x_t = x_init[:, tile.out[0], tile.out[1], tile.out[2]]
+                    for axis, size, mode in zip((1, 2, 3), canvas, ("repeat_last", "symmetric", "symmetric")):
+                        x_t, _ = resize_axis(x_t, axis, size, mode)
+                out = self.decode_tile(feat_tile, x_t, tile.is_origin, pad_trailing, border)
+                out, _ = resize_axis(out, 1, tile.out[0].stop - tile.out[0].start, "repeat_last")
+                px = np.array(out.astype(mx.float32)).astype(acc).astype(np.float32).transpose(0, 4, 1, 2, 3)
+                mask = tile.masks[0][:, None, None] * tile.masks[1][:, None] * tile.masks[2][None, :]
+                region = buf[:, :, :, tile.out[1], tile.out[2]]
+                buf[:, :, :, tile.out[1], tile.out[2]] = (region.astype(np.float32) + px * mask).astype(acc)
+            if prev is not None:
+                pbuf, p0 = prev
+                overlap = p0 + pbuf.shape[2] - g0
+                if overlap > 0:
+                    buf[:, :, :overlap] = (buf[:, :, :overlap].astype(np.float32)
+                                           + pbuf[:, :, g0 - p0:].astype(np.float32)).astype(acc)
+                chunk = emit(pbuf[:, :, :g0 - p0], p0)
+                if chunk is not None:
+                    yield chunk
+            prev = (buf, g0)
+        chunk = emit(*prev)
+        if chunk is not None:
+            yield chunk
+
+    def decode_raw(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
+                   border: str = "chunked_eager", key: mx.array | None = None) -> mx.array:
+        """:meth:`iter_decode`'s chunks joined: ``(B, 3, F, H, W)`` before ``(x+1)/2`` and the clamp."""
+        return mx.concatenate(list(self.iter_decode(latent, noise, tiling, border, key)), axis=2)
+
+    def __call__(self, latent: mx.array, noise=None, border: str = "chunked_eager",
+                 tiling: TilingConfig | None = None) -> mx.array:
+        """Decode to pixels ``(B, F, H, W, 3)`` in [0, 1], cropped to the latent's own size
+        (1+8(T−1), 32H, 32W). (The reference's ``decode_video`` yields batch 0 only, as (F, H, W, 3).)"""
+        x = self.decode_raw(latent, noise, tiling, border).astype(mx.float32)
         return mx.clip((x.transpose(0, 2, 3, 4, 1) + 1) * 0.5, 0, 1)
 
 

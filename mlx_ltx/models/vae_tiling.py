@@ -92,15 +92,27 @@ class Interval:
     right_ramp: int
 
 
-def split_by_size(length: int, size: int, overlap: int) -> list[Interval]:
-    """``split_by_size``: tiles of ``size`` sharing ``overlap`` cells; the last one may be short."""
-    if length <= size:
+def split_by_size(length: int, size: int, overlap: int, min_tile_size: int | None = None) -> list[Interval]:
+    """``split_by_size``: tiles of ``size`` sharing ``overlap`` cells; the last one may be short, or,
+    with ``min_tile_size``, is grown leftward to it (the overlap with the one before widens), and an
+    axis shorter than ``min_tile_size`` is not split."""
+    if length <= size or (min_tile_size is not None and length < min_tile_size):
         return [Interval(0, length, 0, 0)]
     amount = (length + size - 2 * overlap - 1) // (size - overlap)
     step = size - overlap
-    return ([Interval(0, size, 0, overlap)]
-            + [Interval(i * step, i * step + size, overlap, overlap) for i in range(1, amount - 1)]
-            + [Interval((amount - 1) * step, length, overlap, 0)])
+    tiles = ([Interval(0, size, 0, overlap)]
+             + [Interval(i * step, i * step + size, overlap, overlap) for i in range(1, amount - 1)]
+             + [Interval((amount - 1) * step, length, overlap, 0)])
+    last = tiles[-1]
+    if min_tile_size is not None and len(tiles) > 1 and last.end - last.start < min_tile_size:
+        start = last.end - min_tile_size  # _grow_last_tile_to_min
+        prev = tiles[-2]
+        tiles[-2:] = [Interval(prev.start, prev.end, prev.left_ramp, prev.end - start),
+                      Interval(start, last.end, prev.end - start, 0)]
+        if start < tiles[-2].start:
+            raise ValueError(f"tiles of {size} with overlap {overlap} cannot give every tile of a {length}-long "
+                             f"axis at least {min_tile_size}: use larger tiles")
+    return tiles
 
 
 def split_temporal_causal(length: int, size: int, overlap: int) -> list[Interval]:

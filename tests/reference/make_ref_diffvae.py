@@ -26,6 +26,7 @@ na3d inputs `seed+2`, decode latent `seed+3`, sampler generator `seed+4`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -54,6 +55,7 @@ from ltx_core.model.video_vae.transformer.attention import NeighborhoodAttention
 from ltx_core.model.video_vae.transformer.config import DiffVAEMode  # noqa: E402
 from ltx_core.model.video_vae.transformer.fallback_na import EagerSdpaAttention  # noqa: E402
 from ltx_core.model.video_vae.transformer.fallback_na.eager import na3d as eager_na3d  # noqa: E402
+from ltx_core.tiling import DimensionSizeConfig, TileSizeConfig  # noqa: E402
 from ltx_core.types import VideoLatentShape  # noqa: E402
 
 F32 = torch.float32
@@ -128,6 +130,12 @@ NA3D_CASES = [
 # Decode latents (B, C, T, H, W). main: at the latent floor (3, 2, 2): 17 frames of 64x64 pixels, stage-5 grid 16x16
 # (W in 4 chunks of 4). floor: one latent frame, T below the floor (repeat-last padded, pixels cropped back to 1 frame).
 DECODE_CASES = {"main": (1, LATENT_C, 3, 2, 2), "floor": (1, LATENT_C, 1, 2, 2)}
+# tiled: stages 4-5 per tile on the stage-4 grid (9, 8, 12) of this latent: 2 x 2 x 2 tiles (pixel sizes / overlaps
+# below; the overlaps are the reference's minimum for this decoder, recommended_pixel_overlaps), so a non-origin
+# temporal tile (no leading-frame drop), trailing ghost frames, a short last tile and the trapezoid blend on every
+# axis all occur. Pixels (17, 64, 96).
+TILED_LATENT = (1, LATENT_C, 3, 2, 3)
+TILED_TILING = {"frames": (16, 8), "height": (48, 32), "width": (64, 32)}
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -201,7 +209,7 @@ def brute_na3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: tuple[
     return out
 
 
-def build_decoder(path: str, mode: str) -> torch.nn.Module:
+def build_decoder(path: str, mode: str, dtype: torch.dtype = F32) -> torch.nn.Module:
     """Reload the decoder in float32 through the reference's configurator + SD ops.
     mode "chunked_eager": the pipelines' default DiffVAE op (VideoDecoder in ltx_pipelines/utils/blocks.py);
     mode "combined": the module's own default build (CombinedDiffusionNABlock, full-volume NA) with the reference's
@@ -212,7 +220,7 @@ def build_decoder(path: str, mode: str) -> torch.nn.Module:
         model_path=path,
         model_sd_ops=video_decoder_sd_ops_for_checkpoint(path),
         module_ops=module_ops,
-    ).build(device=CPU, dtype=F32).eval()
+    ).build(device=CPU, dtype=dtype).eval()
     if mode == "combined":
         for m in dec.modules():
             if isinstance(m, NeighborhoodAttention3D):
@@ -257,6 +265,49 @@ def decode_with_capture(dec: torch.nn.Module, latent: torch.Tensor, gen_seed: in
     for h in hooks:
         h.remove()
     return torch.cat(chunks, dim=0), rec, steps, stage4
+
+
+def decode_raw(dec: torch.nn.Module, latent: torch.Tensor, gen_seed: int, tiling=None,
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+    """``_decode_pixels`` (what ``decode_video`` maps with ``(x+1)/2`` and a clamp): the blended, content-cropped
+    raw output ``(B, 3, F, H, W)`` chunk by chunk, concatenated; and the chunk frame counts (the temporal groups
+    ``decode_video`` streams). ``noise``: returned by the decoder's one ``torch.randn`` instead of a draw."""
+    gen = torch.Generator(device="cpu").manual_seed(gen_seed)
+    with torch.no_grad(), contextlib.ExitStack() as st:
+        if noise is not None:
+            real = torch.randn
+
+            def randn(*a, **k):  # noqa: ANN002, ANN003, ANN202
+                assert tuple(a[0]) == tuple(noise.shape), (a[0], noise.shape)
+                return noise.to(k.get("dtype", F32)).clone()
+
+            torch.randn = randn
+            st.callback(setattr, torch, "randn", real)
+        chunks = list(dec._decode_pixels(latent, tiling, gen))
+    return torch.cat(chunks, dim=2), [c.shape[2] for c in chunks]
+
+
+def check_decode_video(dec: torch.nn.Module, latent: torch.Tensor, gen_seed: int, tiling, raw: torch.Tensor) -> None:
+    """decode_video's frames are ``clamp((raw + 1) / 2)`` of the raw chunks, (F, H, W, 3)."""
+    gen = torch.Generator(device="cpu").manual_seed(gen_seed)
+    with torch.no_grad():
+        pix = torch.cat(list(dec.decode_video(latent, tiling, gen)), dim=0)
+    want = ((raw[0].float() + 1) * 0.5).clamp(0, 1).permute(1, 2, 3, 0)
+    assert torch.equal(pix.float(), want.to(pix.dtype).float()), "decode_video != clamp((raw + 1) / 2)"
+
+
+def tile_schedule(dec: torch.nn.Module, latent_shape: tuple, tiling) -> list[dict]:
+    """The reference's tiles (prepare_tile_schedule) for the manifest: stage-4 in-coords, pixel out-coords."""
+    s = [tuple(u.stride) for u in dec.upsamples]
+    s4 = diffusion_tiling.stage4_thw_from_latent(s, *latent_shape[2:], drop_leading_frame=True)
+    tiles = diffusion_tiling.prepare_tile_schedule(
+        torch.Size([latent_shape[0], latent_shape[1], *s4]), tiling, upsample3_stride=s[3],
+        patch_size=dec.patch_size, min_tile_size=dec.tile_min_sizes, tile_halos=dec.tile_halos)
+    out = []
+    for t in tiles:
+        out.append({"in": [[c.start, c.stop] for c in t.in_coords[1:4]],
+                    "out": [[c.start, c.stop] for c in t.out_coords[2:5]]})
+    return out
 
 
 def decode_case(gold: dict, report: list[str], case: str, latent: torch.Tensor, gen_seed: int,  # noqa: PLR0913
@@ -430,6 +481,50 @@ def main() -> None:  # noqa: PLR0915
         gen_seed = seed + 4 + ci
         info = decode_case(gold, report, case, latent, gen_seed, dec_c, dec_f, full=(case == "main"))
         decode_info[case] = {"latent_shape": list(shape), "sampler_generator_seed": gen_seed, **info}
+
+    # tiled, both modes: stages 1-3 once, stages 4-5 per tile, trapezoid blend, streamed per temporal group
+    tiling = TileSizeConfig(**{a: DimensionSizeConfig(tile_size=sz, overlap=ov) for a, (sz, ov) in TILED_TILING.items()})
+    latent = torch.randn(TILED_LATENT, generator=g3)
+    gen_seed = seed + 4 + len(DECODE_CASES)
+    gold["tiled.latent"] = latent
+    work_shape = VideoLatentShape.from_torch_shape(latent.shape).upscale(dec_c.video_downscale_factors)
+    gold["tiled.x_t_noise"] = torch.randn(tuple(work_shape._replace(channels=3).to_torch_shape()), dtype=F32,
+                                          generator=torch.Generator(device="cpu").manual_seed(gen_seed))
+    untiled, _ = decode_raw(dec_c, latent, gen_seed)
+    for mode, dec in (("chunked_eager", dec_c), ("combined", dec_f)):
+        raw, chunk_frames = decode_raw(dec, latent, gen_seed, tiling)
+        check_decode_video(dec, latent, gen_seed, tiling, raw)
+        gold[f"tiled.{mode}.raw"] = raw
+        gold[f"tiled.{mode}.chunk_frames"] = torch.tensor(chunk_frames, dtype=torch.int32)
+        report.append(f"decode tiled {mode}: {len(tile_schedule(dec, latent.shape, tiling))} tiles, chunks of "
+                      f"{chunk_frames} frames; raw {tuple(raw.shape)}")
+    report.append(f"decode tiled: tiled vs untiled (chunked_eager) raw max|diff| "
+                  f"{(gold['tiled.chunked_eager.raw'] - untiled).abs().max():.3e} (tiles see less context)")
+    decode_info["tiled"] = {"latent_shape": list(TILED_LATENT), "sampler_generator_seed": gen_seed,
+                            "x_t_noise_shape": list(gold["tiled.x_t_noise"].shape),
+                            "tiling": {a: {"tile_size": sz, "overlap": ov} for a, (sz, ov) in TILED_TILING.items()},
+                            "tiles": tile_schedule(dec_c, latent.shape, tiling)}
+
+    # model_output_type "x0": the same weights, the sampler's x0 branch (to_velocity between steps, raw last output)
+    main_latent, main_seed = gold["main.latent"], decode_info["main"]["sampler_generator_seed"]
+    dec_c.model_output_type = "x0"
+    gold["x0type.chunked_eager.raw"], _ = decode_raw(dec_c, main_latent, main_seed)
+    dec_c.model_output_type = VAE_CFG["model_output_type"]
+    decode_info["x0type"] = {"latent": "main.latent", "noise": "main.x_t_noise", "model_output_type": "x0"}
+
+    # bfloat16 (the pipelines' build): noise drawn in bf16 from the generator, accumulator fp16, output bf16
+    dec_b = build_decoder(vae_path, "chunked_eager", torch.bfloat16)
+    lat_b = main_latent.to(torch.bfloat16)
+    noise_b = gold["main.x_t_noise"].to(torch.bfloat16)  # injected: what a bf16 pipeline's draw would be cast to
+    raw_b, _ = decode_raw(dec_b, lat_b, main_seed, noise=noise_b)
+    # the same inputs in float32: how far the reference's own bf16 build lands from its f32 one
+    raw_f, _ = decode_raw(dec_c, lat_b.float(), main_seed, noise=noise_b.float())
+    ref_err = ((raw_b.float() - raw_f).abs().max() / raw_f.abs().max()).item()
+    gold["bf16.chunked_eager.raw"] = raw_b.float()
+    gold["bf16.ref_err"] = torch.tensor([ref_err], dtype=F32)
+    report.append(f"decode bf16 chunked_eager: reference bf16 vs f32 raw, relative max|diff| {ref_err:.3e}")
+    decode_info["bf16"] = {"latent": "main.latent (cast to bf16)", "noise": "main.x_t_noise (cast to bf16)",
+                           "dtype": "bfloat16", "accumulator": "float16"}
     write_safetensors(os.path.join(out_dir, DECODE_FILE), gold, {"format": "mlx_ltx-diffvae"}, F32)
 
     # ------------------------------------------------------------------ manifest / report
