@@ -46,6 +46,10 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder-quantize", choices=sorted(QUANT_BITS),
                    help="quantize the text encoder's linear layers (2.3: mlx-lm's conversion; 2.5: the Gemma-4 "
                         "attention and MLP layers whose input width --group-size divides)")
+    p.add_argument("--video-decoder", choices=("diffusion", "conv"),
+                   help="2.5: which video VAE file to convert: the diffusion VAE (the release's default, "
+                        "vae/ltx-2.5-video-vae-bf16) or the convolutional one (faster, lighter decode); default: "
+                        "the diffusion one when the source has it")
     p.add_argument("--shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 2**30, help="max size of one output file")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of the source files")
     p.add_argument("--force", action="store_true", help="replace an existing output folder written by convert.py "
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
         convert(source, args.variant, args.out, quantize=args.quantize, group_size=args.group_size,
                 dtype=args.dtype, upsamplers=[u for u in args.upsamplers.split(",") if u],
                 loras=[n for n in args.loras.split(",") if n],
-                text_encoder=args.text_encoder, text_encoder_quantize=args.text_encoder_quantize, force=args.force,
+                text_encoder=args.text_encoder, text_encoder_quantize=args.text_encoder_quantize,
+                video_decoder=args.video_decoder, force=args.force,
                 shard_bytes=int(args.shard_gb * 2**30), hash_sources=not args.no_hash)
     except KeyboardInterrupt:  # the converter has already removed OUT.partial
         print("interrupted", file=sys.stderr)

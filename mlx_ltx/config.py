@@ -210,10 +210,33 @@ class VideoVAEConfig(_FromDict):
     decoder_base_channels: int = 128
     raw: dict = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> "VideoVAEConfig":
+        """``config.vae`` in either layout ``_prepare_video_encoder_kwargs`` reads: flat (the conv
+        autoencoder) or nested (LTX-2.5's ``CausalDiffusionVAE``: the encoder's fields under
+        ``encoder``, named ``blocks`` and ``out_channels`` = the latent width; the decoder under
+        ``decoder`` is the diffusion decoder's, read by ``DiffusionDecoderConfig``)."""
+        enc = section.get("encoder")
+        if not isinstance(enc, dict):
+            return cls.from_dict(section)
+        flat = {"latent_channels": enc.get("out_channels", section.get("latent_channels", 128)),
+                "encoder_blocks": enc.get("blocks", enc.get("encoder_blocks", [])),
+                "encoder_spatial_padding_mode": enc.get("spatial_padding_mode",
+                                                        section.get("encoder_spatial_padding_mode", "zeros"))}
+        for name in ("dims", "in_channels", "patch_size", "norm_layer", "latent_log_var"):
+            if name in enc:
+                flat[name] = enc[name]
+        obj = cls.from_dict(flat)
+        obj.raw = section
+        return obj
+
     @property
     def encoder_padding_mode(self) -> str:
         """The encoder's spatial padding: a ``spatial_padding_mode`` present in the file wins over
-        ``encoder_spatial_padding_mode`` (so 2.3's single "zeros" key pads both halves)."""
+        ``encoder_spatial_padding_mode`` (so 2.3's single "zeros" key pads both halves); a nested
+        (diffusion VAE) config's encoder says it in its own section."""
+        if isinstance(self.raw.get("encoder"), dict):
+            return self.encoder_spatial_padding_mode
         return self.raw.get("spatial_padding_mode", self.encoder_spatial_padding_mode)
 
     @property
@@ -378,7 +401,7 @@ class LTXConfig:
             raise ConfigError(f"{source}: config lacks the section(s) {missing}")
         return cls(
             transformer=TransformerConfig.from_dict(cfg["transformer"]),
-            vae=VideoVAEConfig.from_dict(cfg["vae"]),
+            vae=VideoVAEConfig.from_section(cfg["vae"]),
             audio_vae=AudioVAEConfig.from_section(cfg["audio_vae"]),
             vocoder=VocoderConfig.from_section(cfg["vocoder"]),
             model_version=metadata.get("model_version"),

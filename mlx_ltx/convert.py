@@ -59,10 +59,12 @@ SPLIT_TRANSFORMER_PATTERNS = {
 }
 SPLIT_ROLE_PATTERNS = {
     "text_encoder": "text_encoders/gemma4-*with-proj*-bf16*.safetensors",
-    "video_vae": "vae/*video-vae-conv*.safetensors",
+    "video_vae": "vae/*video-vae-bf16*.safetensors",  # the diffusion VAE (the release's default video VAE)
     "audio_vae": "vae/*audio-vae*.safetensors",
     "duration_head": "model_patches/*duration-head*.safetensors",
 }
+# --video-decoder conv: the convolutional VAE file instead
+SPLIT_CONV_VAE_PATTERN = "vae/*video-vae-conv*.safetensors"
 SPLIT_UPSAMPLER_PATTERNS = {name: "latent_upscale_models/" + pattern for name, pattern in UPSAMPLER_PATTERNS.items()}
 SPLIT_LORA_PATTERNS = {name: "loras/" + pattern for name, pattern in LORA_PATTERNS.items()}
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -255,6 +257,7 @@ def convert(
     loras: Iterable[str] = (),
     text_encoder: str | None = None,
     text_encoder_quantize: str | None = None,
+    video_decoder: str | None = None,
     force: bool = False,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     hash_sources: bool = True,
@@ -286,7 +289,9 @@ def convert(
         raise _not_ours(partial)
     bits = QUANT_BITS.get(quantize) if quantize else None
     target = DTYPES[dtype]
-    split = resolve_split_sources(source, variant, list(upsamplers), list(loras), text_encoder)
+    if video_decoder is not None and video_decoder not in ("diffusion", "conv"):
+        raise ConvertError(f"--video-decoder {video_decoder!r}: choose diffusion or conv")
+    split = resolve_split_sources(source, variant, list(upsamplers), list(loras), text_encoder, video_decoder)
     if split is not None:
         job = SplitJob(split, variant, dtype, bits, QUANT_BITS.get(text_encoder_quantize or ""), group_size,
                        shard_bytes, hash_sources, progress)

@@ -50,6 +50,7 @@ from .convert import (
     DTYPES,
     LORA_PATTERNS,
     SPLIT_LORA_PATTERNS,
+    SPLIT_CONV_VAE_PATTERN,
     SPLIT_ROLE_PATTERNS,
     SPLIT_TRANSFORMER_PATTERNS,
     SPLIT_UPSAMPLER_PATTERNS,
@@ -68,7 +69,7 @@ from .convert import (
     write_side_files,
 )
 from .loading import CONVERTED_CONFIG, CONVERTED_FORMAT, Checkpoint, CheckpointError, read_safetensors_header
-from .model_files import CONV_VAE_CLASS, RELEASE_NAMES, SplitLayoutError
+from .model_files import RELEASE_NAMES, SplitLayoutError
 
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 # without these a converted model cannot generate; the duration head only serves auto duration
@@ -97,13 +98,19 @@ class SplitSources:
                 + [("lora", n, p) for n, p in self.loras.items()])
 
 
-def split_allow_patterns(variant: str, upsamplers=(), loras=(), text_encoder: bool = True) -> list[str]:
+def split_allow_patterns(variant: str, upsamplers=(), loras=(), text_encoder: bool = True,
+                         video_decoder: str | None = None) -> list[str]:
     """What a repo-id source downloads: the variant's transformer, the text encoder (unless given
-    with --text-encoder), the conv video VAE, the audio VAE, the duration head, the requested
-    upsamplers and LoRAs."""
+    with --text-encoder), one video VAE (the diffusion one, the release's default, or the conv one
+    with ``video_decoder="conv"``), the audio VAE, the duration head, the requested upsamplers and LoRAs."""
     return ([SPLIT_TRANSFORMER_PATTERNS[variant]]
-            + [p for role, p in SPLIT_ROLE_PATTERNS.items() if text_encoder or role != "text_encoder"]
+            + [_role_pattern(role, video_decoder) for role in SPLIT_ROLE_PATTERNS
+               if text_encoder or role != "text_encoder"]
             + [SPLIT_UPSAMPLER_PATTERNS[n] for n in upsamplers] + [SPLIT_LORA_PATTERNS[n] for n in loras])
+
+
+def _role_pattern(role: str, video_decoder: str | None) -> str:
+    return SPLIT_CONV_VAE_PATTERN if role == "video_vae" and video_decoder == "conv" else SPLIT_ROLE_PATTERNS[role]
 
 
 def _check_names(upsamplers, loras) -> None:
@@ -138,7 +145,7 @@ def _layout_error(e: Exception) -> ConvertError:
 
 
 def resolve_split_sources(source, variant: str, upsamplers: list[str], loras: list[str],
-                          text_encoder: str | None = None) -> SplitSources | None:
+                          text_encoder: str | None = None, video_decoder: str | None = None) -> SplitSources | None:
     """The split release's files for ``variant`` and the options, or None when ``source`` is the
     single-file release (one checkpoint, a folder or a repo of it): decided from the source."""
     paths = [os.fspath(p) for p in source] if isinstance(source, (list, tuple)) else [os.fspath(source)]
@@ -157,7 +164,7 @@ def resolve_split_sources(source, variant: str, upsamplers: list[str], loras: li
             _check_names(upsamplers, loras)
             te = _text_encoder_bundle(text_encoder)
             try:
-                files = model_files.scan_folder(src, variant)
+                files = model_files.scan_folder(src, variant, video_decoder)
             except SplitLayoutError as e:
                 raise _layout_error(e) from None
             return _sources(files, src, variant, upsamplers, loras, te, root=src)
@@ -167,23 +174,25 @@ def resolve_split_sources(source, variant: str, upsamplers: list[str], loras: li
             return None  # an unknown repo with a Gemma-3 text encoder: the single-file release
         _check_names(upsamplers, loras)
         te = _text_encoder_bundle(text_encoder)
-        return _download(src, variant, upsamplers, loras, te)
+        return _download(src, variant, upsamplers, loras, te, video_decoder)
     for p in paths:
         if not os.path.isfile(p):
             raise ConvertError(f"--source {p}: no such file (several --source files are the split release's files)")
     _check_names(upsamplers, loras)
     te = _text_encoder_bundle(text_encoder)
     try:
-        files = model_files.assemble([model_files.classify(p) for p in paths], "the --source files", variant)
+        files = model_files.assemble([model_files.classify(p) for p in paths], "the --source files", variant,
+                                     video_decoder)
     except SplitLayoutError as e:
         raise _layout_error(e) from None
     return _sources(files, "the --source files", variant, upsamplers, loras, te)
 
 
-def _download(repo: str, variant: str, upsamplers, loras, te: str | None) -> SplitSources | None:
+def _download(repo: str, variant: str, upsamplers, loras, te: str | None,
+              video_decoder: str | None = None) -> SplitSources | None:
     from huggingface_hub import snapshot_download
 
-    allow = split_allow_patterns(variant, upsamplers, loras, text_encoder=te is None)
+    allow = split_allow_patterns(variant, upsamplers, loras, text_encoder=te is None, video_decoder=video_decoder)
     try:
         folder = snapshot_download(repo, allow_patterns=allow)
     except Exception as e:
@@ -200,14 +209,14 @@ def _download(repo: str, variant: str, upsamplers, loras, te: str | None) -> Spl
         raise ConvertError(f"{repo}: no {variant} transformer ({SPLIT_TRANSFORMER_PATTERNS[variant]}, the release's "
                            f"{RELEASE_NAMES['transformer']})")
     paths = {"transformer": transformer}
-    for role, pattern in SPLIT_ROLE_PATTERNS.items():
+    for role in SPLIT_ROLE_PATTERNS:
         if role == "text_encoder" and te is not None:
             continue
-        path = find(pattern)
+        path = find(_role_pattern(role, video_decoder))
         if path is not None:
             paths[role] = path
     try:
-        files = model_files.from_paths(paths, variant)  # each file's header must say it is its role
+        files = model_files.from_paths(paths, variant, video_decoder)  # each file's header must say its role
     except SplitLayoutError as e:
         raise _layout_error(e) from None
     for name in upsamplers:
@@ -235,9 +244,9 @@ def _sources(files: model_files.SplitFiles, where: str, variant: str, upsamplers
     if te is not None:
         roles["text_encoder"] = te
     vae = files.roles.get("video_vae")
-    if vae is not None and vae.vae_class != CONV_VAE_CLASS:
-        raise ConvertError(f"{vae.path}: a {vae.vae_class} video VAE (the release's diffusion VAE), which mlx_ltx does "
-                           f"not build; use the conv VAE of the same release ({RELEASE_NAMES['video_vae']})")
+    if vae is not None and vae.vae_kind is None:
+        raise ConvertError(f"{vae.path}: a {vae.vae_class} video VAE, a class mlx_ltx does not build; use the "
+                           f"release's {RELEASE_NAMES['video_vae']} or {RELEASE_NAMES['video_vae_conv']}")
     for role in REQUIRED_ROLES:
         if role not in roles:
             fix = " or pass it with --text-encoder" if role == "text_encoder" else ""

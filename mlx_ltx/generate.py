@@ -101,6 +101,14 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                        help="a LoRA fused in every stage (ic-lora: stage 1 only) at STRENGTH (e.g. 0.8); repeatable. "
                             "Key layouts: the "
                             "official trainer's, ComfyUI's (lora_down/lora_up, alpha) and diffusers'")
+    model.add_argument("--video-decoder", choices=("diffusion", "conv"), default=None,
+                       help="LTX-2.5: the video VAE file to decode with when the model folder holds both: the "
+                            "diffusion decoder (the release's default; better quality, slower, more memory) or the "
+                            "convolutional one (default: diffusion)")
+    model.add_argument("--diffvae-border", choices=("chunked_eager", "full"), default="chunked_eager",
+                       help="the diffusion decoder's stage-5 attention at the frame's left/right borders: "
+                            "chunked_eager (edge-replicated, what the reference's pipelines run; default) or full "
+                            "(full-volume neighborhood attention, natten's semantics)")
     prompt = p.add_argument_group("prompt")
     prompt.add_argument("--prompt", required=True, help="what the video shows and sounds like (required)")
     prompt.add_argument("--negative-prompt", default=None,
@@ -387,7 +395,8 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
     pipeline = Pipeline.from_pretrained(args.model, args.pipeline, gemma=args.gemma, upsampler=args.upsampler,
                                         distilled_lora=args.distilled_lora, dtype=_DTYPES[args.dtype],
                                         low_memory=not args.keep_models, memory=args.memory,
-                                        preflight=not args.no_preflight, loras=loras)
+                                        preflight=not args.no_preflight, loras=loras,
+                                        video_decoder=args.video_decoder, diffvae_border=args.diffvae_border)
     pipeline.arg_names = CLI_NAMES
     video_params = _guider_params(args, "video", "a2v", pipeline.params.video_guider_params)
     audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)

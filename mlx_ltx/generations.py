@@ -3,7 +3,7 @@
 LTX generations differ by data, not by code paths: the transformer file's ``model_version``
 (defaults, the distilled stage-1 sampler; the Gemma provenance check is ``gemma4.check_gemma_version``), the
 video-VAE file's ``model_version`` (the image CRF, as ``ImageConditioner.default_image_crf``
-reads it), ``config.vae._class_name`` (the decoder kind), the text encoder's Gemma
+reads it), ``config.vae._class_name`` (the decoder kind, ``VIDEO_DECODERS``), the text encoder's Gemma
 ``model_type`` (its loaders: ``text_encoder.GEMMA_FAMILIES``) and whether a duration head is there. :func:`describe` reads all of it once;
 the pipelines consult the :class:`ModelKind` and the registries below instead of comparing
 versions themselves, so a new generation adds rows here.
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from .guidance import PipelineParams, detect_params, parse_model_version
 from .loading import Checkpoint
-from .model_files import CONV_VAE_CLASS, RELEASE_NAMES
+from .model_files import CONV_VAE_CLASS, RELEASE_NAMES, VIDEO_VAE_KINDS
 
-# config.vae._class_name -> the decoder this port builds for it (VideoDecoderConfigurator's switch)
-VIDEO_DECODERS = {CONV_VAE_CLASS: "conv"}
+# config.vae._class_name -> the decoder this port builds for it (VideoDecoderConfigurator's switch):
+# "conv" (models/video_decoder.py) or "diffusion" (models/diffusion_video_decoder.py)
+VIDEO_DECODERS = VIDEO_VAE_KINDS
 # the generation whose release ships a duration head (model_patches/): its clips have no default length
 DURATION_HEAD_SINCE = (2, 5)
 
@@ -33,7 +34,8 @@ class ModelKind:
     layout: str                       # "single" | "split" (a converted folder keeps its source's)
     params: PipelineParams            # detect_params of the transformer file
     image_crf: int                    # the CRF images are re-compressed at (video-VAE file's version)
-    video_decoder: str                # config.vae._class_name
+    video_vae_class: str              # config.vae._class_name of the video-VAE file
+    video_decoder: str | None         # its VIDEO_DECODERS kind, "conv" / "diffusion" (None: unknown class)
     text_encoder_family: str | None   # the bundled TE's model_type; None when the TE is not in the checkpoint
     has_duration_head: bool
 
@@ -64,7 +66,8 @@ def describe(checkpoint: Checkpoint) -> ModelKind:
         params=detect_params(None if tr.get("model_version") is None else str(tr["model_version"])),
         image_crf=detect_params(None if vae_meta.get("model_version") is None
                                 else str(vae_meta["model_version"])).default_image_crf,
-        video_decoder=vae_cfg.get("_class_name", CONV_VAE_CLASS),
+        video_vae_class=vae_cfg.get("_class_name", CONV_VAE_CLASS),
+        video_decoder=VIDEO_DECODERS.get(vae_cfg.get("_class_name", CONV_VAE_CLASS)),
         text_encoder_family=None if gemma_cfg is None else gemma_cfg.get("model_type"),
         has_duration_head=checkpoint.has_component("duration_head"),
     )
@@ -72,11 +75,11 @@ def describe(checkpoint: Checkpoint) -> ModelKind:
 
 def check_buildable(kind: ModelKind, checkpoint: Checkpoint) -> None:
     """Refuse, before anything loads, a checkpoint whose parts this port does not build."""
-    if kind.video_decoder not in VIDEO_DECODERS:
+    if kind.video_decoder is None:
         where = checkpoint.role_path("video_vae") or checkpoint.path
-        raise ValueError(f"{where}: its video VAE is a {kind.video_decoder} (LTX-2.5's diffusion decoder), which "
-                         f"mlx_ltx does not build; use the convolutional decoder file of the same release "
-                         f"({RELEASE_NAMES['video_vae']}) instead")
+        raise ValueError(f"{where}: its video VAE is a {kind.video_vae_class!r}, a class mlx_ltx does not build "
+                         f"(it builds {', '.join(sorted(VIDEO_DECODERS))}); use the release's "
+                         f"{RELEASE_NAMES['video_vae']} or {RELEASE_NAMES['video_vae_conv']}")
 
 
 # the release names carry the generation: ltx-2.3-22b-distilled-lora-384, ltx-2-19b-…, ltx-2.5-22b-…

@@ -108,8 +108,16 @@ def summarize(ckpt: Checkpoint) -> list[str]:
         f"av_ca multiplier {t.av_ca_timestep_scale_multiplier}"
     )
     v = cfg.vae
-    lines.append(f"video VAE: latent {v.latent_channels} ch, scale factors {v.scale_factors}, decoder padding "
-                 f"{v.spatial_padding_mode}, timestep conditioning {v.timestep_conditioning}")
+    if isinstance(v.raw.get("decoder"), dict):  # the diffusion VAE (LTX-2.5): its decoder has its own config
+        from .models.diffusion_video_decoder import DiffusionDecoderConfig
+
+        d = DiffusionDecoderConfig.from_vae_section(v.raw)
+        lines.append(f"video VAE: {v.raw.get('_class_name')}, latent {v.latent_channels} ch, scale factors "
+                     f"{v.scale_factors}; diffusion decoder: stages {d.stage_channels}, depths {d.stage_depths}, "
+                     f"{d.default_num_inference_steps} sampler steps, output {d.model_output_type}")
+    else:
+        lines.append(f"video VAE: latent {v.latent_channels} ch, scale factors {v.scale_factors}, decoder padding "
+                     f"{v.spatial_padding_mode}, timestep conditioning {v.timestep_conditioning}")
     a = cfg.audio_vae
     lines.append(f"audio VAE: z {a.z_channels} ch, {a.mel_bins} mel bins at {a.sampling_rate} Hz, hop {a.mel_hop_length}")
     voc = cfg.vocoder
@@ -133,12 +141,13 @@ def summarize(ckpt: Checkpoint) -> list[str]:
 
 
 def verify(ckpt: Checkpoint, dtype: mx.Dtype) -> list[str]:
+    from .models import registry
+
     lines = []
-    for name, build in BUILDERS.items():
+    for name in BUILDERS:
         if name == "upsampler" or not ckpt.has_component(name):
             continue
-        module = build(ckpt)
-        load_component(ckpt, name, module, dtype=dtype)
+        module = registry.load(ckpt, name, dtype)
         lines.append(f"  {name:18s} loads strictly")
         del module
     missing = [n for n in COMPONENTS if n != "upsampler" and n not in BUILDERS]

@@ -128,10 +128,14 @@ class Checkpoint:
     component) and a ``config.json`` holding the source's metadata, so everything downstream
     treats both forms alike."""
 
-    def __init__(self, path: "str | os.PathLike | dict[str, str]", *, variant: str | None = None):
+    def __init__(self, path: "str | os.PathLike | dict[str, str]", *, variant: str | None = None,
+                 video_decoder: str | None = None):
         """``path``: a single file, a converted folder, a split folder laid out like the Hugging Face
         2.5 repo, or {role: file} for split files given one by one (roles of ``model_files.ROLES``).
-        ``variant`` ("dev" / "distilled") picks the transformer of a split folder that holds both."""
+        ``variant`` ("dev" / "distilled") picks the transformer of a split folder that holds both;
+        ``video_decoder`` ("diffusion" / "conv") the video VAE file of one holding both (default: the
+        release's default, the diffusion VAE), and for a single file or a converted folder it must
+        name the decoder the checkpoint has."""
         self.quantization: dict[str, Any] | None = None
         self.files: dict[str, str] = {}  # checkpoint key -> file holding it
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -143,17 +147,21 @@ class Checkpoint:
         self.layout = "single"
         if isinstance(path, dict):
             self.path = os.fspath(path["transformer"]) if "transformer" in path else ""
-            self._open_split(model_files.from_paths(path, variant), self.path)
+            self._open_split(model_files.from_paths(path, variant, video_decoder), self.path)
             return
         self.path = resolve_model_path(path)
         if os.path.isdir(self.path) and not os.path.isfile(os.path.join(self.path, CONVERTED_CONFIG)) \
                 and model_files.is_split_folder(self.path):
-            self._open_split(model_files.scan_folder(self.path, variant), self.path)
-        elif os.path.isdir(self.path):
+            self._open_split(model_files.scan_folder(self.path, variant, video_decoder), self.path)
+            return
+        if os.path.isdir(self.path):
             self._open_folder()
         else:
             self.metadata: dict[str, Any] = self._index(self.path)
             self.role_files = {r: self.path for r in model_files.ROLES if r != "text_encoder"}
+        if video_decoder is not None:  # one video VAE only: it must be the one asked for
+            vae = model_files.FileInfo(self.path, "video_vae", self.role_metadata("video_vae"), ())
+            model_files.pick_video_vae([vae], self.path, video_decoder)
 
     def _open_split(self, files: "model_files.SplitFiles", where: str) -> None:
         self.layout = "split"

@@ -25,7 +25,8 @@ ROLES = ("transformer", "text_encoder", "video_vae", "audio_vae", "duration_head
 RELEASE_NAMES = {
     "transformer": "diffusion_models/ltx-2.5-22b-{dev,distilled}-transformer-bf16.safetensors",
     "text_encoder": "text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors",
-    "video_vae": "vae/ltx-2.5-video-vae-conv-bf16.safetensors",
+    "video_vae": "vae/ltx-2.5-video-vae-bf16.safetensors",
+    "video_vae_conv": "vae/ltx-2.5-video-vae-conv-bf16.safetensors",
     "audio_vae": "vae/ltx-2.5-audio-vae-bf16.safetensors",
     "duration_head": "model_patches/ltx-2.5-duration-head-bf16.safetensors",
     "upsampler": "latent_upscale_models/ltx-2.5-spatial-upscaler-x2-bf16.safetensors",
@@ -35,8 +36,13 @@ RELEASE_NAMES = {
 SECTION_ROLES = {"transformer": "transformer", "vae": "video_vae", "audio_vae": "audio_vae", "vocoder": "audio_vae"}
 # the Hugging Face repo's folders; a split folder has at least the first
 SPLIT_FOLDERS = ("diffusion_models", "text_encoders", "vae", "latent_upscale_models", "loras", "model_patches")
-# video-VAE kinds (``config.vae._class_name``; absent means the conv autoencoder, as the reference reads it)
+# video-VAE kinds (``config.vae._class_name``; absent means the conv autoencoder, as the reference reads it): the
+# decoder each class is built as (``VideoDecoderConfigurator``'s switch). ``generations.VIDEO_DECODERS`` is this.
 CONV_VAE_CLASS = "CausalVideoAutoencoder"
+DIFFUSION_VAE_CLASS = "CausalDiffusionVAE"
+VIDEO_VAE_KINDS = {CONV_VAE_CLASS: "conv", DIFFUSION_VAE_CLASS: "diffusion"}
+# with both VAE files in a folder, the release's default (its ``ltx-2.5-video-vae`` file) decodes
+DEFAULT_VIDEO_DECODER = "diffusion"
 
 
 class SplitLayoutError(ValueError):
@@ -55,6 +61,11 @@ class FileInfo:
     @property
     def vae_class(self) -> str:
         return ((self.metadata.get("config") or {}).get("vae") or {}).get("_class_name", CONV_VAE_CLASS)
+
+    @property
+    def vae_kind(self) -> str | None:
+        """"conv" / "diffusion" for a video VAE file (None: a class this port does not know)."""
+        return VIDEO_VAE_KINDS.get(self.vae_class)
 
 
 def classify(path: str) -> FileInfo:
@@ -118,7 +129,25 @@ class SplitFiles:
     variant: str | None = None
 
 
-def _pick(candidates: list[FileInfo], role: str, where: str, variant: str | None) -> FileInfo | None:
+def pick_video_vae(candidates: list[FileInfo], where: str, video_decoder: str | None) -> list[FileInfo]:
+    """The video VAE files of the asked-for decoder kind (all when None); none of them is an error."""
+    if video_decoder is not None:
+        if video_decoder not in VIDEO_VAE_KINDS.values():
+            raise SplitLayoutError(f"video_decoder={video_decoder!r}; choose from {sorted(set(VIDEO_VAE_KINDS.values()))}")
+        chosen = [c for c in candidates if c.vae_kind == video_decoder]
+        if candidates and not chosen:
+            have = ", ".join(f"{os.path.basename(c.path)} ({c.vae_kind or c.vae_class})" for c in candidates)
+            raise SplitLayoutError(f"{where} has no {video_decoder} video VAE file (it has {have}): add the release's "
+                                   f"{RELEASE_NAMES['video_vae' if video_decoder == 'diffusion' else 'video_vae_conv']}"
+                                   f", or choose --video-decoder {candidates[0].vae_kind or 'conv'}")
+        candidates = chosen
+    return candidates
+
+
+def _pick(candidates: list[FileInfo], role: str, where: str, variant: str | None,
+          video_decoder: str | None = None) -> FileInfo | None:
+    if role == "video_vae":
+        candidates = pick_video_vae(candidates, where, video_decoder)
     if not candidates:
         return None
     if role == "transformer" and len(candidates) > 1:
@@ -129,9 +158,9 @@ def _pick(candidates: list[FileInfo], role: str, where: str, variant: str | None
                 f"transformer file itself")
         candidates = [c for c in candidates if _variant_of(c.path) == variant] or candidates
     if role == "video_vae" and len(candidates) > 1:
-        # the conv decoder is the one every pipeline here builds; the diffusion VAE needs its own decoder
-        conv = [c for c in candidates if c.vae_class == CONV_VAE_CLASS]
-        candidates = conv or candidates
+        # both decoders of one release: the release's default file, unless the caller chose (video_decoder)
+        preferred = [c for c in candidates if c.vae_kind == DEFAULT_VIDEO_DECODER]
+        candidates = preferred or candidates
     if len(candidates) > 1:
         raise SplitLayoutError(f"{where} holds several {role.replace('_', ' ')} files "
                                f"({', '.join(os.path.basename(c.path) for c in candidates)}): keep one, or pass "
@@ -139,7 +168,7 @@ def _pick(candidates: list[FileInfo], role: str, where: str, variant: str | None
     return candidates[0]
 
 
-def scan_folder(folder: str, variant: str | None = None) -> SplitFiles:
+def scan_folder(folder: str, variant: str | None = None, video_decoder: str | None = None) -> SplitFiles:
     """Classify every safetensors file in a split folder's kind subfolders; other files are not the
     model's (the top level of a download holds none)."""
     paths = []
@@ -147,10 +176,11 @@ def scan_folder(folder: str, variant: str | None = None) -> SplitFiles:
         d = os.path.join(folder, sub)
         if os.path.isdir(d):
             paths += sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".safetensors"))
-    return assemble([classify(p) for p in paths], folder, variant)
+    return assemble([classify(p) for p in paths], folder, variant, video_decoder)
 
 
-def assemble(infos: list[FileInfo], where: str, variant: str | None = None) -> SplitFiles:
+def assemble(infos: list[FileInfo], where: str, variant: str | None = None,
+             video_decoder: str | None = None) -> SplitFiles:
     """Roles from classified files; a monolith or an unrecognised file among them is an error."""
     by_role: dict[str, list[FileInfo]] = {}
     for info in infos:
@@ -165,7 +195,7 @@ def assemble(infos: list[FileInfo], where: str, variant: str | None = None) -> S
         by_role.setdefault(info.role, []).append(info)
     roles = {}
     for role in ROLES:
-        picked = _pick(by_role.get(role, []), role, where, variant)
+        picked = _pick(by_role.get(role, []), role, where, variant, video_decoder)
         if picked is not None:
             roles[role] = picked
     if "transformer" not in roles:
@@ -175,7 +205,7 @@ def assemble(infos: list[FileInfo], where: str, variant: str | None = None) -> S
     return SplitFiles(roles, upsamplers, loras, variant or _variant_of(roles["transformer"].path))
 
 
-def from_paths(paths: dict[str, str], variant: str | None = None) -> SplitFiles:
+def from_paths(paths: dict[str, str], variant: str | None = None, video_decoder: str | None = None) -> SplitFiles:
     """Explicit files per role (``ModelPaths.from_split``); each is checked to be what its role says."""
     infos = {}
     for role, path in paths.items():
@@ -186,6 +216,8 @@ def from_paths(paths: dict[str, str], variant: str | None = None) -> SplitFiles:
             raise SplitLayoutError(f"{path} was given as the {role.replace('_', ' ')} file but its tensors are "
                                    f"those of the {info.role.replace('_', ' ')}")
         infos[role] = info
+    if "video_vae" in infos:
+        pick_video_vae([infos["video_vae"]], paths["video_vae"], video_decoder)
     if "transformer" not in infos:
         raise SplitLayoutError(f"a split model needs its transformer file ({RELEASE_NAMES['transformer']})")
     return SplitFiles(infos, variant=variant or _variant_of(infos["transformer"].path))

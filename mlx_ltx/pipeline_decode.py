@@ -1,5 +1,6 @@
 """The decoding half of a :class:`~mlx_ltx.pipelines.Pipeline`: the video decoder (tiled, chunk by
-chunk, with the timestep-conditioned decoder's per-tile noise) and the audio decoder + vocoder.
+chunk: the conv decoder with the timestep-conditioned one's per-tile noise, or LTX-2.5's diffusion
+decoder with its sampler's noise) and the audio decoder + vocoder.
 Each decoder is built per call and released after its stream (the transformer is gone by then
 in low-memory mode), so decoding never holds two large models at once."""
 
@@ -11,6 +12,7 @@ import mlx.core as mx
 import numpy as np
 
 from .media import unit_to_uint8, video_to_unit
+from .models.diffusion_video_decoder import BORDERS as DIFFVAE_BORDERS
 
 
 def release_memory() -> None:
@@ -30,19 +32,31 @@ class PipelineDecoding:
         kept = (self.estimated_model_bytes() or 0) if self.keeps_models else 0
         return max(self.memory_budget - kept, 0) // 2 or 1
 
-    def iter_video_frames(self, latent: mx.array, key: mx.array | None = None, noise=None):
+    def iter_video_frames(self, latent: mx.array, key: mx.array | None = None, noise=None, tiling="auto"):
         """Float32 frames [f, H, W, 3] in [0, 1], chunk by chunk as the tiled decode (tiles planned
-        for :meth:`decode_budget`) finishes them, as the reference's ``decode_video``. ``key`` / ``noise``: the
-        timestep-conditioned decoder's noise (``noise(shape, dtype)`` is called once per tile)."""
-        from .models.video_decoder import VideoDecoder
+        for :meth:`decode_budget`, or ``tiling``: a ``vae_tiling.TilingConfig`` or None for one tile)
+        finishes them, as the reference's ``decode_video``. ``key`` / ``noise``: the decoder's noise:
+        the conv decoder (if timestep-conditioned) calls ``noise(shape, dtype)`` once per tile, the
+        diffusion decoder once, for its sampler's start over the whole padded pixel volume (the
+        reference draws it from the pipeline's generator after every denoising draw)."""
+        if self.kind.video_decoder == "diffusion":
+            from .models.diffusion_video_decoder import DiffusionVideoDecoder
 
-        decoder = VideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+            decoder = DiffusionVideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+            if tiling == "auto":
+                tiling = decoder.plan_tiling(latent.shape, self.decode_budget())
+            chunks = decoder.iter_decode(latent, noise, tiling, self.diffvae_border, key)
+        else:
+            from .models.video_decoder import VideoDecoder
+
+            decoder = VideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
+            chunks = decoder.iter_tiled_decode(latent, tiling, key=key, noise=noise,
+                                               memory_budget=self.decode_budget())
         try:
-            for chunk in decoder.iter_tiled_decode(latent, "auto", key=key, noise=noise,
-                                                   memory_budget=self.decode_budget()):
+            for chunk in chunks:
                 yield video_to_unit(chunk)
         finally:
-            del decoder
+            del decoder, chunks
             release_memory()
 
     def decode_video(self, latent: mx.array, key: mx.array | None = None, noise=None) -> np.ndarray:

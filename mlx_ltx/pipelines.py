@@ -47,7 +47,7 @@ from .pipeline_stages import (
     StageTrace,
     run_stages,
 )
-from .pipeline_decode import PipelineDecoding, release_memory as _release
+from .pipeline_decode import DIFFVAE_BORDERS, PipelineDecoding, release_memory as _release
 from .pipeline_models import PipelineModels
 from .stage_inputs import StageRequest, input_geometry, stage_inputs_builder
 from .progress import GenerationSettings, ProgressEvent, Tracker
@@ -96,7 +96,8 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
 
     def __init__(self, spec: PipelineSpec, checkpoint: Checkpoint, gemma: str | None, upsampler: str | None = None,
                  distilled_lora: str | None = None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
-                 memory_budget: int | None = None, memory: str = "auto", preflight: bool = True, loras=()):
+                 memory_budget: int | None = None, memory: str = "auto", preflight: bool = True, loras=(),
+                 diffvae_border: str = "chunked_eager"):
         """``loras``: user LoRAs ``[(path, strength), ...]`` in the trainer, ComfyUI or diffusers key layout
         (``models/lora.py``), fused in every stage before the stage's distilled LoRA, as the reference's
         pipelines pass ``loras`` to each stage; checked from their headers here, before anything loads.
@@ -109,6 +110,10 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
         fit before anything loads (False: run it anyway, eager for "auto", guidance passes one by one)."""
         if memory not in MEMORY_CHOICES:
             raise ValueError(f"memory must be one of {MEMORY_CHOICES}; got {memory!r}")
+        if diffvae_border not in DIFFVAE_BORDERS:
+            raise ValueError(f"diffvae_border must be one of {DIFFVAE_BORDERS}; got {diffvae_border!r}")
+        #: the diffusion video decoder's stage-5 border mode (models/diffusion_video_decoder.py)
+        self.diffvae_border = diffvae_border
         self.memory = memory
         self.preflight = bool(preflight)
         self._plan: MemoryPlan | None = None
@@ -170,18 +175,24 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
     def from_pretrained(cls, model: str | os.PathLike, pipeline: str = "distilled", *, gemma=None, upsampler=None,
                         distilled_lora=None, dtype: mx.Dtype = mx.bfloat16, low_memory: bool | None = None,
                         memory_budget: int | None = None, memory: str = "auto", preflight: bool = True,
-                        loras=()) -> Pipeline:
+                        loras=(), video_decoder: str | None = None, diffvae_border: str = "chunked_eager"
+                        ) -> Pipeline:
         """``model``: an official .safetensors file, a convert.py folder or its HF repo id. A
         converted folder supplies the Gemma text encoder, the spatial ×2 upsampler and the
         distilled LoRA when it holds them; otherwise pass their paths (Gemma may be an HF repo id).
         ``low_memory`` / ``memory_budget`` / ``memory`` / ``preflight``: the memory policy (see ``__init__``);
-        ``loras``: user LoRAs ``[(path, strength), ...]`` (``--lora PATH STRENGTH``; see ``__init__``)."""
+        ``loras``: user LoRAs ``[(path, strength), ...]`` (``--lora PATH STRENGTH``; see ``__init__``);
+        ``video_decoder``: "diffusion" or "conv", the video VAE file of a split folder holding both (default:
+        the release's default, the diffusion VAE; ``--video-decoder``); ``diffvae_border``: the diffusion
+        decoder's stage-5 border mode, "chunked_eager" (the reference pipelines' default) or "full"
+        (full-volume neighborhood attention, natten's semantics)."""
         if pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
         spec = PIPELINES[pipeline]
         wanted = spec.checkpoint_variant
         # a split folder may hold both transformers: the pipeline picks the one named for it
-        ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model, variant=wanted)
+        ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model, variant=wanted,
+                                                                       video_decoder=video_decoder)
         info = getattr(ckpt, "info", None) or {}
         variant = info.get("variant")
         if variant is not None and variant != wanted:
@@ -214,7 +225,7 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
         if spec.two_stage:
             _check_x2_upsampler(upsampler)
         return cls(spec, ckpt, gemma, upsampler, distilled_lora if spec.needs_distilled_lora else None, dtype,
-                   low_memory, memory_budget, memory, preflight, loras)
+                   low_memory, memory_budget, memory, preflight, loras, diffvae_border)
 
     # ----------------------------------------------------------------- validation
     # (the checks live in validation.RequestValidation)

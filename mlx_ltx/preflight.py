@@ -249,6 +249,27 @@ def video_decode_activation_bytes(stages, scale_factors, out_channels: int, late
     return max(vae_tiling.estimate_decode_bytes(stages, tile, mx.float32, cpu), chunk)
 
 
+def diffusion_decode_activation_bytes(ckpt: Checkpoint, latent_shape, budget: int, dtype: mx.Dtype) -> int:
+    """LTX-2.5's diffusion decoder: its tiles planned for ``budget`` as the pipeline plans them
+    (``DiffusionVideoDecoder.plan_tiling``), costed by ``diffusion_tiling.estimate_decode_bytes``
+    (activations in the pipeline's dtype), or a finished float32 chunk of whole frames if larger."""
+    from .models import diffusion_tiling
+    from .models.diffusion_video_decoder import VIDEO_SCALE, DiffusionDecoderConfig
+    from .models.neighborhood_attention import na_block_bytes
+
+    cfg = DiffusionDecoderConfig.from_vae_section(ckpt.config.vae.raw)
+    _, _, T, H, W = latent_shape
+    thw = tuple(max(n, f) for n, f in zip((T, H, W), cfg.stage_min_tile_sizes))
+    size, block = mx.zeros((), dtype).itemsize, na_block_bytes(dtype)
+    tiling = diffusion_tiling.auto_tiling(cfg, thw, budget, size, block)
+    F, Hp, Wp = (thw[0] - 1) * VIDEO_SCALE[0] + 1, thw[1] * VIDEO_SCALE[1], thw[2] * VIDEO_SCALE[2]
+    tile = None if tiling is None else tuple(min(a.tile_size, n) if a.is_tiled() else n for a, n in
+                                             zip((tiling.frames, tiling.height, tiling.width), (F, Hp, Wp)))
+    frames = F if tiling is None or not tiling.frames.is_tiled() else min(F, 2 * tiling.frames.tile_size)
+    chunk = 3 * frames * Hp * Wp * 4 * DECODED_CHUNK_COPIES
+    return max(diffusion_tiling.estimate_decode_bytes(cfg, thw, tile, size, block), chunk)
+
+
 def _audio_activation_bytes(cfg, seconds: float) -> int:
     """Audio VAE decoder + vocoder (+ bandwidth extension), float32: the widest stage's values."""
     a = cfg.audio_vae
@@ -366,10 +387,15 @@ def _predict(req: MemoryRequest) -> MemoryPrediction:
             per_value = UPSAMPLER_FLOAT32_BYTES_PER_VALUE + UPSAMPLER_DTYPE_COPIES * dt.size
             phases["upsample"] = PhaseMemory(resident_transformer + (kept if req.keep_models else up_bytes),
                                              per_value * values)
-    stages, scale_factors, out_channels = _decoder_stages(ckpt)
     final = VideoLatentShape.from_pixel_shape(req.num_frames, req.height, req.width, cfg.vae.latent_channels, sf)
-    decode = video_decode_activation_bytes(stages, scale_factors, out_channels, tuple(final), req.decode_budget,
-                                           req.cpu)
+    from .generations import describe
+
+    if describe(ckpt).video_decoder == "diffusion":
+        decode = diffusion_decode_activation_bytes(ckpt, tuple(final), req.decode_budget, dt)
+    else:
+        stages, scale_factors, out_channels = _decoder_stages(ckpt)
+        decode = video_decode_activation_bytes(stages, scale_factors, out_channels, tuple(final),
+                                               req.decode_budget, req.cpu)
     after = kept + (full if req.memory == "eager" else nonblock) if req.keep_models else 0
     phases["video_decode"] = PhaseMemory(after + comp["vae_decoder"], decode)
     if req.audio:
@@ -401,7 +427,13 @@ def _fits(req: MemoryRequest, budget: int, **changes) -> MemoryPrediction | None
 def advice(prediction: MemoryPrediction, budget: int) -> list[str]:
     """Concrete options that fit ``budget``, each re-predicted: streaming, quantization, a smaller
     size at the same aspect ratio, fewer frames."""
+    from .generations import describe
+    from .model_files import RELEASE_NAMES
+
     req, out = prediction.request, []
+    if prediction.phase == "video_decode" and describe(req.checkpoint).video_decoder == "diffusion":
+        out.append(f"The diffusion video decoder's activations are the peak: --video-decoder conv decodes with the "
+                   f"release's convolutional VAE file ({RELEASE_NAMES['video_vae_conv']}) in far less.")
     if req.memory == "eager" and (p := _fits(req, budget, memory="stream")):
         out.append(f"--memory stream fits (predicted {p.peak / GB:.1f} GB).")
     if not req.checkpoint.quantization and req.quantize is None:  # the first that fits, as little changed as can be

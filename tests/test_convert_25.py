@@ -25,13 +25,13 @@ REPO = "Lightricks/LTX-2.5"
 REV = "25c0ffee" * 5
 ROOT = Path(__file__).parents[1]
 # the release's files (model_files.RELEASE_NAMES, REFERENCE-MAP-2.5 §7) -> the fixture role they stand for;
-# None: a file no conversion may read (the diffusion VAE; see _tree's `unread`)
+# None: a file no conversion may read (see _tree's `unread`); the diffusion VAE is the set's when it has one
 RELEASE = {
     "diffusion_models/ltx-2.5-22b-dev-transformer-bf16.safetensors": "transformer",
     "diffusion_models/ltx-2.5-22b-distilled-transformer-bf16.safetensors": "transformer",
     "text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors": "text_encoder",
     "vae/ltx-2.5-video-vae-conv-bf16.safetensors": "video_vae",
-    "vae/ltx-2.5-video-vae-bf16.safetensors": None,
+    "vae/ltx-2.5-video-vae-bf16.safetensors": "diffusion_video_vae",
     "vae/ltx-2.5-audio-vae-bf16.safetensors": "audio_vae",
     "model_patches/ltx-2.5-duration-head-bf16.safetensors": "duration_head",
     "latent_upscale_models/ltx-2.5-spatial-upscaler-x2-bf16.safetensors": "upsampler",
@@ -41,8 +41,11 @@ RELEASE = {
 DEV = "diffusion_models/ltx-2.5-22b-dev-transformer-bf16.safetensors"
 DISTILLED = "diffusion_models/ltx-2.5-22b-distilled-transformer-bf16.safetensors"
 DIFFUSION_VAE = "vae/ltx-2.5-video-vae-bf16.safetensors"
-NEEDED = ["text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors", "vae/ltx-2.5-video-vae-conv-bf16.safetensors",
+CONV_VAE = "vae/ltx-2.5-video-vae-conv-bf16.safetensors"
+# what a conversion reads besides the transformer: by default the diffusion VAE; with --video-decoder conv the conv one
+NEEDED = ["text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors", DIFFUSION_VAE,
           "vae/ltx-2.5-audio-vae-bf16.safetensors", "model_patches/ltx-2.5-duration-head-bf16.safetensors"]
+NEEDED_CONV = [CONV_VAE if f == DIFFUSION_VAE else f for f in NEEDED]
 UPSAMPLER = "latent_upscale_models/ltx-2.5-spatial-upscaler-x2-bf16.safetensors"
 LORA = "loras/ltx-2.5-22b-distilled-lora-450-bf16.safetensors"
 
@@ -52,26 +55,29 @@ def _fixture_file(fs, role):
         return fs.upsampler_path("spatial-x2")
     if role == "lora":
         return fs.lora_path("distilled")
+    if role == "diffusion_video_vae":
+        return fs.path / fs.manifest["diffusion_vae"]["file"] if "diffusion_vae" in fs.manifest else None
     return fs.file(role)
 
 
-def _diffusion_vae(fs, path):
-    """A video-VAE file whose config names the diffusion VAE (``CausalDiffusionVAE``)."""
+def _odd_vae(fs, path, cls):
+    """A video-VAE file whose config names another VAE class."""
     tensors, meta = mx.load(str(fs.file("video_vae")), return_metadata=True)
     cfg = json.loads(meta["config"])
-    cfg["vae"]["_class_name"] = "CausalDiffusionVAE"
+    cfg["vae"]["_class_name"] = cls
     mx.save_safetensors(str(path), dict(tensors), metadata={**meta, "config": json.dumps(cfg)})
 
 
-def _tree(fs, root, unread=(), diffusion_vae="unread"):
+def _tree(fs, root, unread=()):
     """The release laid out under ``root``: symlinks to the fixture files under the release names.
-    Files in ``unread`` (and the diffusion VAE unless ``diffusion_vae="real"``) are not safetensors
-    at all: a conversion that opened one would fail."""
+    Files in ``unread`` are not safetensors at all: a conversion that opened one would fail. A set
+    without a diffusion VAE gets a stand-in with its header (the conv file's tensors under the
+    diffusion class): a folder scan reads it, a conversion with --video-decoder conv never loads it."""
     for rel, role in RELEASE.items():
         path = Path(root) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        if rel == DIFFUSION_VAE and diffusion_vae == "real":
-            _diffusion_vae(fs, path)
+        if rel == DIFFUSION_VAE and rel not in unread and _fixture_file(fs, role) is None:
+            _odd_vae(fs, path, "CausalDiffusionVAE")
         elif role is None or rel in unread:
             path.write_bytes(b"must not be read by this conversion\n")
         else:
@@ -112,6 +118,7 @@ def test_repo_patterns_select_only_the_needed_files():
     assert picked("dev", ["x2"], ["distilled"]) == sorted([DEV, *NEEDED, UPSAMPLER, LORA])
     assert picked("distilled") == sorted([DISTILLED, *NEEDED])
     assert picked("dev", text_encoder=False) == sorted([DEV, *NEEDED[1:]])
+    assert picked("dev", video_decoder="conv") == sorted([DEV, *NEEDED_CONV])
     # a quantized sibling in the repo is never fetched with the bf16 file
     extra = ["diffusion_models/ltx-2.5-22b-dev-transformer-fp8.safetensors",
              "text_encoders/gemma4-12b-with-proj-ltx-2.5-fp8.safetensors"]
@@ -123,15 +130,15 @@ def test_convert_from_hf_repo_offline(fixture_set_25, tmp_path):
     split files, each file's metadata, the text encoder without its towers, the side files; the
     distilled transformer and the diffusion VAE are never read; components load as from the source."""
     fs = fixture_set_25
-    cache = _hf_cache(fs, tmp_path, unread=(DISTILLED,))
+    cache = _hf_cache(fs, tmp_path, unread=(DISTILLED, DIFFUSION_VAE))
     out = tmp_path / "model"
-    r = _cli(["--source", REPO, "--variant", "dev", "--out", str(out), "--upsamplers", "x2", "--loras", "distilled"],
-             cache)
+    r = _cli(["--source", REPO, "--variant", "dev", "--out", str(out), "--upsamplers", "x2", "--loras", "distilled",
+              "--video-decoder", "conv"], cache)
     assert "text encoder: text_encoder.safetensors" in r.stdout
     info = json.loads((out / "config.json").read_text())
     src = Checkpoint(fs.path)
     assert info["layout"] == "split" and info["variant"] == "dev"
-    assert sorted(s["file"] for s in info["sources"]) == sorted([DEV, *NEEDED, UPSAMPLER, LORA])
+    assert sorted(s["file"] for s in info["sources"]) == sorted([DEV, *NEEDED_CONV, UPSAMPLER, LORA])
     for s in info["sources"]:
         assert s["sha256"] == conv.sha256_file(str(_fixture_file(fs, s["role"])))
     assert info["role_files"] == {"text_encoder": "text_encoder.safetensors",
@@ -190,9 +197,9 @@ def test_generation_from_converted_folder(fixture_set_25, tmp_path, name):
     if name != "distilled" and fs.path != fixture_dirs("2.5")[0]:
         pytest.skip("the side files' plumbing is checked on the first 2.5 set")
     variant = "distilled" if name == "distilled" else "dev"
-    release = _tree(fs, tmp_path / "release", diffusion_vae="real")  # a local copy: files found by their headers
+    release = _tree(fs, tmp_path / "release")  # a local copy: files found by their headers
     out = conv.convert(str(release), variant, str(tmp_path / "m"), upsamplers=["x2"], loras=["distilled"],
-                       hash_sources=False, progress=lambda m: None)
+                       video_decoder="conv", hash_sources=False, progress=lambda m: None)
     pipe, result, g = _generate(out, fs, name)
     assert pipe.gemma == os.path.join(out, "text_encoder.safetensors")
     assert pipe.kind.layout == "split" and pipe.kind.image_crf == int(g["crf.value"][0])
@@ -204,6 +211,30 @@ def test_generation_from_converted_folder(fixture_set_25, tmp_path, name):
     _, direct, _ = _generate(fs.path, fs, name)
     assert mx.array_equal(result.video_latent, direct.video_latent)
     assert mx.array_equal(result.audio_latent, direct.audio_latent)
+
+
+def test_convert_with_the_diffusion_vae(fixture_set_25, tmp_path):
+    """A release folder holding both video VAEs converts with the diffusion one by default (the
+    release's default): the folder opens as a diffusion-decoder model, and its decoder loads the
+    same weights as from the source file (the reference's load-time rewrites applied alike)."""
+    from mlx_ltx.generations import describe
+    from mlx_ltx.models.diffusion_video_decoder import DiffusionVideoDecoder
+
+    fs = fixture_set_25
+    source = _fixture_file(fs, "diffusion_video_vae")
+    if source is None:
+        pytest.skip(f"{fs.path.name} has no diffusion video VAE")
+    release = _tree(fs, tmp_path / "release")  # both VAE files: headers are read, only one is converted
+    out = conv.convert(str(release), "distilled", str(tmp_path / "m"), hash_sources=False, progress=lambda m: None)
+    info = json.loads(Path(out, "config.json").read_text())
+    assert sorted(s["file"] for s in info["sources"]) == sorted([DISTILLED, *NEEDED])
+    converted = Checkpoint(out)
+    assert describe(converted).video_decoder == "diffusion"
+    a, b = _params(DiffusionVideoDecoder.from_checkpoint(converted)), _params(DiffusionVideoDecoder.from_checkpoint(
+        str(source)))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="has no conv video VAE file .* --video-decoder diffusion"):
+        Checkpoint(out, video_decoder="conv")
 
 
 def test_quantized_conversion_from_files(fixture_set_25, tmp_path):
@@ -251,8 +282,8 @@ def test_quantized_conversion_from_files(fixture_set_25, tmp_path):
 
 def test_errors(fixture_set_25, tmp_path):
     fs = fixture_set_25
-    release = _tree(fs, tmp_path / "release", diffusion_vae="real")
-    quiet = {"progress": lambda m: None, "hash_sources": False}
+    release = _tree(fs, tmp_path / "release")
+    quiet = {"progress": lambda m: None, "hash_sources": False, "video_decoder": "conv"}
     # a missing component names the release file and the fix
     (release / "vae" / "ltx-2.5-audio-vae-bf16.safetensors").unlink()
     with pytest.raises(conv.ConvertError, match=r"no audio vae file \(the release's vae/ltx-2.5-audio-vae-bf16"
@@ -272,10 +303,14 @@ def test_errors(fixture_set_25, tmp_path):
         conv.convert(files, "distilled", str(tmp_path / "a"), **quiet)
     with pytest.raises(conv.ConvertError, match="only the transformer file of the split"):
         conv.convert(str(fs.file("transformer")), "dev", str(tmp_path / "a"), **quiet)
-    _diffusion_vae(fs, tmp_path / "diffusion-vae.safetensors")
-    swapped = [f if f != str(fs.file("video_vae")) else str(tmp_path / "diffusion-vae.safetensors") for f in files]
-    with pytest.raises(conv.ConvertError, match="CausalDiffusionVAE video VAE .* use the conv VAE"):
+    _odd_vae(fs, tmp_path / "odd-vae.safetensors", "MysteryVAE")
+    swapped = [f if f != str(fs.file("video_vae")) else str(tmp_path / "odd-vae.safetensors") for f in files]
+    with pytest.raises(conv.ConvertError, match="has no conv video VAE file .*odd-vae.safetensors \\(MysteryVAE\\)"):
         conv.convert(swapped, "dev", str(tmp_path / "a"), **quiet)
+    with pytest.raises(conv.ConvertError, match="a MysteryVAE video VAE, a class mlx_ltx does not build"):
+        conv.convert(swapped, "dev", str(tmp_path / "a"), **{**quiet, "video_decoder": None})
+    with pytest.raises(conv.ConvertError, match="--video-decoder 'vq'"):
+        conv.convert(files, "dev", str(tmp_path / "a"), **{**quiet, "video_decoder": "vq"})
     with pytest.raises(conv.ConvertError, match="--upsamplers 'x3'"):
         conv.convert(str(release), "dev", str(tmp_path / "a"), upsamplers=["x3"], **quiet)
     with pytest.raises(conv.ConvertError, match="--text-encoder-quantize q4: no linear layer .* --group-size 128"):
@@ -318,10 +353,10 @@ def test_repo_layout_is_read_from_the_repo(fixture_set_25, tmp_path):
     for repo in (mirror, old):
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(REV)
-    _cli(["--source", "someone/ltx25-mirror", "--variant", "distilled", "--out", str(tmp_path / "a"), "--no-hash"],
-         cache)
+    _cli(["--source", "someone/ltx25-mirror", "--variant", "distilled", "--out", str(tmp_path / "a"), "--no-hash",
+          "--video-decoder", "conv"], cache)
     info = json.loads((tmp_path / "a" / "config.json").read_text())
     assert info["layout"] == "split" and info["variant"] == "distilled"
-    assert sorted(s["file"] for s in info["sources"]) == sorted([DISTILLED, *NEEDED])
+    assert sorted(s["file"] for s in info["sources"]) == sorted([DISTILLED, *NEEDED_CONV])
     _cli(["--source", "someone/ltx23-mirror", "--variant", "dev", "--out", str(tmp_path / "b"), "--no-hash"], cache)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["layout"] == "single"

@@ -17,6 +17,7 @@ from mlx_ltx.loading import CheckpointError, read_safetensors_header
 from mlx_ltx.models.diffusion_decoder_blocks import default_rope_dim_split
 from mlx_ltx.models.diffusion_tiling import (
     axis_weights,
+    estimate_decode_bytes,
     prepare_tile_schedule,
     recommended_pixel_overlaps,
     stage4_thw_from_latent,
@@ -24,6 +25,7 @@ from mlx_ltx.models.diffusion_tiling import (
     tile_min_sizes,
 )
 from mlx_ltx.models.diffusion_video_decoder import CHUNKED_W_CHUNKS, DiffusionVideoDecoder
+from mlx_ltx.models.neighborhood_attention import na_block_bytes
 from mlx_ltx.models.vae_tiling import AxisTiling, TilingConfig
 
 F32_TOL = 1e-4
@@ -192,6 +194,34 @@ def test_bfloat16_decode(dv):
     err, ref_err = _rel(raw, g["bf16.chunked_eager.raw"]), float(g["bf16.ref_err"][0])
     print(f"\nbf16 decode: {err:.3e} vs the reference's bf16 (its own bf16-vs-f32: {ref_err:.3e})")
     assert err < max(BF16_TOL, 2 * ref_err)
+
+
+def test_tiling_from_memory_budget(dv):
+    """``plan_tiling``: one tile when the clip fits the budget; else the reference's choice among legal
+    tiles (minimum overlaps, the grid of the stage-4 cell and the VAE factor) whose estimate fits, and
+    the decode runs with it, streaming a chunk per temporal tile group; the smallest tiles when none fits."""
+    g, dec = dv.golden, dv.decoder
+    latent = g["tiled.latent"]
+    thw = tuple(latent.shape[2:])
+    untiled = estimate_decode_bytes(dec.config, thw, None)
+    assert dec.plan_tiling(latent.shape, untiled + na_block_bytes()) is None
+    smallest = estimate_decode_bytes(dec.config, thw, (16, 64, 64), block_bytes=na_block_bytes())
+    budget = (smallest + untiled + na_block_bytes()) // 2
+    tiling = dec.plan_tiling(latent.shape, budget)
+    assert tiling is not None and any(a.is_tiled() for a in (tiling.frames, tiling.height, tiling.width))
+    frames, pixels = recommended_pixel_overlaps(dec.config)
+    F, H, W = dv.manifest["decode"]["cases"]["tiled"]["x_t_noise_shape"][2:]
+    tile = tuple(min(a.tile_size, n) if a.is_tiled() else n for a, n in
+                 zip((tiling.frames, tiling.height, tiling.width), (F, H, W)))
+    assert estimate_decode_bytes(dec.config, thw, tile, block_bytes=na_block_bytes()) <= budget
+    assert all(a.overlap == (frames if i == 0 else pixels) for i, a in
+               enumerate((tiling.frames, tiling.height, tiling.width)) if a.is_tiled())
+    chunks = list(dec.iter_decode(latent, g["tiled.x_t_noise"], tiling))
+    assert sum(c.shape[2] for c in chunks) == F and chunks[0].shape[3:] == (H, W)
+    assert len(chunks) == len({(t.out[0].start, t.out[0].stop) for t in prepare_tile_schedule(
+        dec.config, stage4_thw_from_latent(dec.config.upsamples, *thw), tiling)})
+    tiny = dec.plan_tiling(latent.shape, 1)  # nothing fits: the smallest legal tiles
+    assert (tiny.frames.tile_size, tiny.height.tile_size, tiny.width.tile_size) == (16, 64, 64)
 
 
 def test_gate_folding_rounds_to_file_dtype(dv):

@@ -7,12 +7,16 @@ waveform, as for 2.3 (test_e2e.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import mlx.core as mx
 import numpy as np
 import pytest
 from reference_data import TOL_F32, TOL_LOOP, FixtureSet25, fixture_dirs, rel_err
 from test_e2e import E2E, ReferenceDraws, request, stage_output_errors, whole_pipeline_errors
 
+from mlx_ltx.models.vae_tiling import AxisTiling, TilingConfig
 from mlx_ltx.pipelines import Pipeline
 
 
@@ -30,6 +34,94 @@ def plumbing_set():
 
 def make_pipeline(fs, name: str) -> Pipeline:
     return Pipeline.from_pretrained(fs.path, name, dtype=mx.float32)
+
+
+def diffusion_vae_folder(fs, tmp_path):
+    """The split folder with the release's diffusion video VAE beside the conv one in ``vae/`` (links),
+    as a download of both holds them; the set keeps it under ``extra/`` so that it opens with the conv one."""
+    if "diffusion_vae" not in fs.manifest:
+        pytest.skip(f"{fs.path.name} has no diffusion video VAE (make_ref_25.py --no-diffusion-vae)")
+    root = tmp_path / fs.path.name
+    for sub in fs.path.iterdir():
+        if sub.is_dir() and sub.name != "extra":
+            (root / sub.name).mkdir(parents=True)
+            for f in sub.iterdir():
+                (root / sub.name / f.name).symlink_to(f)
+    dv = fs.path / fs.manifest["diffusion_vae"]["file"]
+    (root / "vae" / dv.name).symlink_to(dv)
+    return root
+
+
+@pytest.mark.parametrize("name", E2E)
+def test_pipeline_with_diffusion_decoder_25(fixture_set_25, name, tmp_path):
+    """The four pipelines with LTX-2.5's diffusion video decoder (the folder's default when it holds both
+    VAE files) against the reference's pipeline classes given that file: the denoising draws replayed
+    (they and the latents are the conv run's, which the generator asserted), the decoder's one x_t draw
+    injected, frames within TOL_LOOP; one pipeline also decoded tiled as the reference did."""
+    fs = fixture_set_25
+    g, meta = e2e(fs)
+    gd = fs.golden("e2e_diffvae")
+    pipe = Pipeline.from_pretrained(diffusion_vae_folder(fs, tmp_path), name, dtype=mx.float32)
+    assert pipe.kind.video_decoder == "diffusion"
+    x_t = gd[f"{name}.decoder_draw"]
+    draws = ReferenceDraws(g, name)
+
+    def decoder_noise(shape, dtype):
+        assert tuple(shape) == x_t.shape, (shape, x_t.shape)
+        return mx.array(x_t).astype(dtype)
+
+    def noise(shape, dtype, label):
+        return decoder_noise(shape, dtype) if label == "decoder" else draws(shape, dtype, label)
+
+    result = pipe.generate(meta["prompt"], noise=noise, sde_noise=draws.sde, **request(fs, name, meta))
+    assert draws.left() == {}
+    errors = {"video latent": rel_err(result.video_latent, g[f"{name}.decode.video.latent"])}
+    ref = gd[f"{name}.out.frames_u16"].astype(np.float64) / 65535.0
+    frames = np.concatenate(list(pipe.iter_video_frames(result.video_latent, noise=decoder_noise, tiling=None)))
+    errors["frames"] = rel_err(frames, ref)
+    assert np.abs(result.frames.astype(int) - np.round(ref * 255).astype(int)).max() <= 1  # generate: the same
+    tiled = fs.manifest["diffusion_vae"]["tiled"]
+    if tiled["pipeline"] == name:
+        t = tiled["tiling"]
+        cfg = TilingConfig(*(AxisTiling(t[a]["tile_size"], t[a]["overlap"]) for a in ("frames", "height", "width")))
+        frames = np.concatenate(list(pipe.iter_video_frames(result.video_latent, noise=decoder_noise, tiling=cfg)))
+        errors["tiled frames"] = rel_err(frames, gd[f"tiled.{name}.out.frames_u16"].astype(np.float64) / 65535.0)
+    print(f"\n{fs.path.name} {name} (diffusion decoder): " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert max(errors.values()) <= TOL_LOOP, errors
+
+
+def test_video_decoder_selection(tmp_path, capsys):
+    """A folder holding both video VAE files decodes with the diffusion one (the release's default) unless
+    ``video_decoder="conv"``; asking for a decoder the folder has no file for names the file to add; the
+    preflight plans the diffusion decode and, when it is the peak, advises the conv file."""
+    from mlx_ltx.loading import Checkpoint
+    from mlx_ltx.preflight import advice, predict_peak
+
+    with_vae = [d for d in fixture_dirs("2.5") if "diffusion_vae" in FixtureSet25(d).manifest]
+    if not with_vae:
+        pytest.skip("no LTX-2.5 set with a diffusion video VAE")
+    fs = FixtureSet25(with_vae[0])
+    folder = diffusion_vae_folder(fs, tmp_path)
+    both = Checkpoint(folder)
+    assert os.path.basename(both.role_path("video_vae")) == os.path.basename(fs.manifest["diffusion_vae"]["file"])
+    conv = Checkpoint(folder, video_decoder="conv")
+    assert os.path.basename(conv.role_path("video_vae")) == os.path.basename(fs.manifest["files"]["video_vae"])
+    with pytest.raises(ValueError, match=r"has no diffusion video VAE file .*ltx-2.5-video-vae-bf16.safetensors, or "
+                                         r"choose --video-decoder conv"):
+        Checkpoint(fs.path, video_decoder="diffusion")
+    with pytest.raises(ValueError, match="video_decoder='vq'"):
+        Checkpoint(folder, video_decoder="vq")
+    meta = fs.manifest["e2e"]
+    pred = predict_peak(both, "distilled", meta["height"], meta["width"], meta["num_frames"])
+    assert pred.phases["video_decode"].activations > 0
+    decode_only = dataclasses.replace(pred, phases={"video_decode": pred.phases["video_decode"]})
+    assert any("--video-decoder conv" in line for line in advice(decode_only, 1))
+    # inspect names the decoder and --verify loads it through its own loader (the load-time rewrites)
+    from mlx_ltx.inspect import main as inspect_main
+
+    assert inspect_main([str(folder), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "decoder diffusion" in out and "diffusion decoder: stages" in out and "vae_decoder        loads" in out
 
 
 def test_crf_is_the_video_vae_files(fixture_set_25):
@@ -114,7 +206,8 @@ def test_cli_on_the_split_folder(tmp_path, capsys):
     meta = fs.manifest["e2e"]
     out = tmp_path / "clip.mp4"
     assert cli_main(["--model", str(fs.path), "--prompt", meta["prompt"], "--height", str(meta["height"]),
-                     "--width", str(meta["width"]), "--auto-duration", "1", "2", "--output", str(out)]) == 0
+                     "--width", str(meta["width"]), "--auto-duration", "1", "2", "--output", str(out),
+                     "--video-decoder", "conv"]) == 0
     err = capsys.readouterr().err
     assert "duration  predicted" in err
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(out))

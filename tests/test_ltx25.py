@@ -29,7 +29,7 @@ def test_25_recognised_from_its_files(fixture_set_25):
     kind = describe(Checkpoint(fs.path))
     assert kind.version[:2] == (2, 5) and kind.layout == "split"
     assert kind.text_encoder_family == "gemma4_unified" and kind.has_duration_head
-    assert kind.video_decoder == "CausalVideoAutoencoder" and kind.image_crf == 18
+    assert kind.video_decoder == "conv" and kind.video_vae_class == "CausalVideoAutoencoder" and kind.image_crf == 18
     # the same model given file by file (ModelPaths.from_split) is the same kind
     files = Checkpoint({role: str(fs.file(role)) for role in fs.manifest["files"]})
     assert describe(files) == kind

@@ -3,16 +3,13 @@ correct numpy reference: gather each query's own window, softmax, weighted sum. 
 volumes (windows shift at both borders), L == K on an axis (every window is the whole axis), K = 1,
 kernels 3/5/7, and tile sizes that do and do not divide the volume."""
 
-import time
-from pathlib import Path
-
 import mlx.core as mx
 import numpy as np
 import pytest
+from reference_data import fixture_dirs
 
 from mlx_ltx.models.neighborhood_attention import na3d, window_starts
 
-GOLDEN_NA3D = Path(__file__).parent / "reference" / "fixtures" / "diffvae-s1234" / "golden_na3d.safetensors"
 
 
 def _rel(actual, expected) -> float:
@@ -111,11 +108,13 @@ def test_axis_shorter_than_kernel_raises(dims, axis):
         na3d(x, x, x, (3, 5, 7))
 
 
-def test_golden_na3d():
+_DIFFVAE = fixture_dirs("diffvae")
+
+
+@pytest.mark.parametrize("fixture", _DIFFVAE, ids=[d.name for d in _DIFFVAE])
+def test_golden_na3d(fixture):
     """The reference's eager tiled-SDPA na3d (tests/reference/make_ref_diffvae.py, FORMAT-DIFFVAE.md)."""
-    if not GOLDEN_NA3D.is_file():
-        pytest.skip(f"{GOLDEN_NA3D} absent (generate with tests/reference/make_ref_diffvae.py)")
-    g = mx.load(str(GOLDEN_NA3D))
+    g = mx.load(str(fixture / "golden_na3d.safetensors"))
     cases = sorted({int(key.split(".")[0][4:]) for key in g if key.startswith("case")})
     assert cases
     for i in cases:
@@ -123,35 +122,3 @@ def test_golden_na3d():
         out = na3d(g[f"case{i}.in.q"], g[f"case{i}.in.k"], g[f"case{i}.in.v"], kernel, scale=1.0)
         err = _rel(out, np.asarray(g[f"case{i}.out"].astype(mx.float32)))
         assert err <= 1e-5, f"case{i} kernel {kernel}: {err:.2e}"
-
-
-@pytest.mark.skip(reason="a bench, not a test: call test_neighborhood_attention.bench() (tests/ on sys.path)")
-def test_bench():
-    bench()
-
-
-def bench(dims=(9, 48, 64), kernel=(3, 7, 7), heads=2, head_dim=64, dtype=mx.bfloat16, reps=3):
-    """na3d time vs a dense SDPA over the same token count cut into Kt·Kh·Kw-key chunks (the FLOP floor
-    a perfect NA kernel would approach) on the default device."""
-    shape = (1, *dims, heads, head_dim)
-    q, k, v = (mx.random.normal(shape).astype(dtype) for _ in range(3))
-    n = dims[0] * dims[1] * dims[2]
-    nk = kernel[0] * kernel[1] * kernel[2]
-    chunks = n // nk
-
-    def flat(x):  # the same tokens as independent groups of nk: (chunks, heads, nk, D)
-        x = x.reshape(n, heads, head_dim)[: chunks * nk]
-        return x.reshape(chunks, nk, heads, head_dim).transpose(0, 2, 1, 3)
-
-    def timed(fn):
-        mx.eval(fn())
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            mx.eval(fn())
-        return (time.perf_counter() - t0) / reps
-
-    t_na = timed(lambda: na3d(q, k, v, kernel))
-    t_sdpa = timed(lambda: mx.fast.scaled_dot_product_attention(flat(q), flat(k), flat(v), scale=1.0))
-    print(f"na3d {dims} k{kernel} {dtype} on {mx.default_device()}: {t_na * 1e3:.1f} ms; "
-          f"block-diagonal SDPA same tokens/keys-per-query: {t_sdpa * 1e3:.1f} ms ({t_na / t_sdpa:.1f}x)")
-    return t_na, t_sdpa

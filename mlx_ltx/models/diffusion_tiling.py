@@ -160,13 +160,15 @@ def axis_weights(tiles: list[DiffTile], shape: tuple[int, int, int]) -> list[np.
 # ---------------------------------------------------------------------------------------------
 # memory estimate and the tile choice
 
-# Peak bytes of the decode, activations only (weights are counted by the caller). Measured on the
-# CPU backend (MLX 0.32; bench/diffusion_decoder_memory.py, tests/test_diffusion_decoder.py): an NA
-# block holds about DET_BYTES_PER_VALUE bytes per (token × channel) of its stage at its peak (the
-# input, norm, q/k/v with their float32 RoPE copies, the attention output and the 4×-wide SwiGLU
-# hidden states), stage 5 about S5_BYTES_PER_VALUE per (token × stage-5 channel) including the
-# sampler's x_t, the context and the float32 step, plus na3d's block buffer (bounded by its budget).
-# Both are per float32 value; bfloat16 activations halve them. Not measured on Metal.
+# Peak bytes of the decode, activations only (weights are counted by the caller). An NA block holds
+# up to DET_BYTES_PER_VALUE bytes per (token × channel) of its stage at its peak (the input, norm,
+# q/k/v with their float32 RoPE copies, the attention output and the 4×-wide SwiGLU hidden states),
+# stage 5 up to S5_BYTES_PER_VALUE per (token × stage-5 channel) with the sampler's x_t, the context
+# and the float32 step, plus na3d's block buffer at its full element budget. Per float32 value;
+# bfloat16 activations halve them. Checked on the CPU backend (MLX 0.32, the release's kernels and
+# depths at a quarter of its widths, float32 and bfloat16, untiled and tiled): measured peak ÷ this
+# estimate 0.45–0.65, i.e. it errs on the safe side (bench/diffusion_decoder_bench.py). Not measured
+# on Metal.
 DET_BYTES_PER_VALUE = 40
 S5_BYTES_PER_VALUE = 48
 
@@ -214,8 +216,9 @@ def auto_tiling(cfg, latent_thw: tuple[int, int, int], budget: int, itemsize: in
     """The tiling a decode of a (T, H, W) work latent should use under ``budget`` activation bytes:
     None (one tile) when the whole clip fits, else ``recommended_decode_tiling_config``'s choice —
     tile sizes on the grid of the stage-4 cell and the VAE factor, overlaps the minimum, the fitting
-    layout with the least recomputed volume, then the fewest tiles. Raises ``MemoryError`` when
-    not even the smallest tile fits (stages 1–3, which are never tiled, may alone be too big)."""
+    layout with the least recomputed volume, then the fewest tiles. When not even the smallest
+    tiles fit (stages 1–3, never tiled, may alone be too big), the smallest tiles, the closest one
+    can get: the preflight compares their estimate with the device and advises the conv decoder."""
     if estimate_decode_bytes(cfg, latent_thw, None, itemsize, block_bytes) <= budget:
         return None
     T, H, W = latent_thw
@@ -236,13 +239,7 @@ def auto_tiling(cfg, latent_thw: tuple[int, int, int], budget: int, itemsize: in
         key = (nf * nh * nw * tf * th * tw / (F * Hp * Wp), -tf * th * tw, nf * nh * nw)
         if best is None or key < best[0]:
             best = (key, tf, th, tw)
-    if best is None:
-        need = estimate_decode_bytes(cfg, latent_thw, tuple(c[0][0] for c in cands), itemsize, block_bytes)
-        raise MemoryError(f"the diffusion video decoder needs about {need / 2**30:.1f} GiB of activations even with "
-                          f"its smallest tiles ({cands[0][0][0]} frames, {cands[1][0][0]}x{cands[2][0][0]} px), more "
-                          f"than the {budget / 2**30:.1f} GiB budget: decode with the convolutional VAE file instead "
-                          f"(--video-decoder conv), or lower the resolution or frame count")
-    _, tf, th, tw = best
+    _, tf, th, tw = best if best is not None else (None, *(c[0][0] for c in cands))
     return TilingConfig(AxisTiling(tf, overlap_t), AxisTiling(th, overlap_hw), AxisTiling(tw, overlap_hw))
 
 

@@ -29,12 +29,14 @@ import numpy as np
 from ..config import ConfigError
 from ..loading import COMPONENTS, Checkpoint, CheckpointError, load_strict
 from .diffusion_tiling import (
+    auto_tiling,
     axis_weights,
     group_by_frames,
     prepare_tile_schedule,
     stage4_thw_from_latent,
     stage5_canvas,
 )
+from .neighborhood_attention import na_block_bytes
 from .diffusion_decoder_blocks import (
     AdaLNZero,
     DiffusionNABlock,
@@ -323,6 +325,13 @@ class DiffusionVideoDecoder(nn.Module):
         B, _, T, H, W = latent_shape
         T, H, W = (max(n, f) for n, f in zip((T, H, W), self.config.stage_min_tile_sizes))
         return B, self.out_channels, (T - 1) * VIDEO_SCALE[0] + 1, H * VIDEO_SCALE[1], W * VIDEO_SCALE[2]
+
+    def plan_tiling(self, latent_shape: tuple[int, ...], budget: int) -> TilingConfig | None:
+        """The tiling for a decode of ``latent_shape`` whose activations must stay under ``budget`` bytes
+        (``diffusion_tiling.auto_tiling``; None: one tile; the smallest tiles when none fits)."""
+        work = self.work_pixel_shape(latent_shape)
+        thw = ((work[2] - 1) // VIDEO_SCALE[0] + 1, work[3] // VIDEO_SCALE[1], work[4] // VIDEO_SCALE[2])
+        return auto_tiling(self.config, thw, budget, mx.zeros((), self.dtype).itemsize, na_block_bytes(self.dtype))
 
     def iter_decode(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
                     border: str = "chunked_eager", key: mx.array | None = None) -> Iterator[mx.array]:

@@ -43,6 +43,11 @@ _AXES = ("T", "H", "W")
 DEFAULT_BLOCK_BUDGET = 2**26
 
 
+def na_block_bytes(dtype: mx.Dtype = mx.float32, budget: int = DEFAULT_BLOCK_BUDGET) -> int:
+    """Bytes one na3d block may hold at its element budget (the decoder's memory estimate adds it)."""
+    return budget * mx.zeros((), dtype).itemsize
+
+
 def window_starts(length: int, kernel: int) -> np.ndarray:
     """Start of each query's window along one axis: ``clamp(i − K//2, 0, L − K)``."""
     return np.clip(np.arange(length) - kernel // 2, 0, length - kernel)

@@ -29,3 +29,17 @@ def builders() -> dict:
         "upsampler": lambda c: LatentUpsampler(c.upsampler_config),
         "duration_head": lambda c: duration_head_from_metadata(c.role_metadata("duration_head")),
     }
+
+
+def load(checkpoint, name: str, dtype):
+    """Build one component and load it strictly. The decoder of a diffusion video VAE (LTX-2.5) goes
+    through its own loader, which applies the reference's load-time rewrites (fused qkv split, static
+    gates folded, preview head dropped) that the generic key mapping does not."""
+    from ..generations import describe
+    from ..loading import load_component
+
+    if name == "vae_decoder" and describe(checkpoint).video_decoder == "diffusion":
+        from .diffusion_video_decoder import DiffusionVideoDecoder
+
+        return DiffusionVideoDecoder.from_checkpoint(checkpoint, dtype=dtype)
+    return load_component(checkpoint, name, builders()[name](checkpoint), dtype=dtype)

@@ -45,12 +45,15 @@ _LOG_VAR_WIDTH = {"per_channel": lambda c: 2 * c, "uniform": lambda c: c + 1, "c
                   "none": lambda c: c}
 
 
-def check_vae_config(cfg: VideoVAEConfig) -> None:
-    """Reject the configurations this port does not implement, naming the value."""
+def check_vae_config(cfg: VideoVAEConfig, decoder: bool = True) -> None:
+    """Reject the configurations this port does not implement, naming the value. The encoder is the
+    same convolutional one in LTX-2.5's diffusion VAE (``decoder=False``); its decoder is not this one."""
     cls = cfg.raw.get("_class_name", "CausalVideoAutoencoder")
-    if cls != "CausalVideoAutoencoder":
-        raise ConfigError(f"vae config: _class_name={cls!r}; only the convolutional CausalVideoAutoencoder "
-                          f"(LTX-2 / LTX-2.3) is supported")
+    if decoder and cls != "CausalVideoAutoencoder":
+        raise ConfigError(f"vae config: _class_name={cls!r} has no convolutional decoder (LTX-2.5's diffusion VAE "
+                          f"is decoded by models/diffusion_video_decoder.py)")
+    if cls not in ("CausalVideoAutoencoder", "CausalDiffusionVAE"):
+        raise ConfigError(f"vae config: _class_name={cls!r}; known: CausalVideoAutoencoder, CausalDiffusionVAE")
     if cfg.dims != 3:
         raise ConfigError(f"vae config: dims={cfg.dims!r}; only 3-D convolutions are supported")
     if cfg.norm_layer != "pixel_norm":
@@ -90,7 +93,7 @@ class VideoEncoder(nn.Module):
     def __init__(self, config: VideoVAEConfig, shapes: dict[str, tuple[int, ...]] | None = None,
                  compute_dtype: mx.Dtype = mx.float32):
         super().__init__()
-        check_vae_config(config)
+        check_vae_config(config, decoder=False)
         self.compute_dtype = compute_dtype
         pad = check_padding_mode(config.encoder_padding_mode, "encoder spatial_padding_mode")
         self.patch_size = config.patch_size

@@ -49,6 +49,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 PROMPT = "A red fox trots through fresh snow at dawn, birds calling in the pines"
 NEGATIVE_PROMPT = "blurry, low quality, distorted"
 STEPS = 3  # dev / HQ stage-1 steps (the distilled and stage-2 schedules are fixed)
+E2E_PIPELINES = ("distilled", "dev", "dev-two-stage", "dev-two-stage-hq")
 IMAGE_HW = (192, 256)  # taller than 128 px: libx264 then cuts 2 slices with 2 threads, so threads matter
 
 
@@ -88,14 +89,20 @@ class DrawRecorder:
     """Records every ``torch.randn`` the pipelines make, labelled by the site that drew it:
     ``noiser`` (GaussianNoiser: stage noise), ``decoder`` (the timestep-conditioned video decoder),
     ``sde`` (res_2s SDE noise, recorded as ``_get_new_noise`` returns it, float64), ``ancestral`` (the
-    ancestral Euler loop's per-step noise: DistilledPipeline stage 1 at model_version >= 2.5)."""
+    ancestral Euler loop's per-step noise: DistilledPipeline stage 1 at model_version >= 2.5). The diffusion
+    video decoder's x_t draw (LTX-2.5) is a ``decoder`` draw too."""
 
     SITES = {"_sample_noise": "noiser", "_memory_efficient_forward": "decoder",
-             "_ancestral_euler_denoising_loop": "ancestral"}
+             "_ancestral_euler_denoising_loop": "ancestral",
+             "_decode_pixels": "decoder", "_decode_temporal_group_isolated": "decoder"}  # the diffusion decoder
 
-    def __init__(self):
+    def __init__(self, decoder_draw_dtype: torch.dtype | None = None):
+        """``decoder_draw_dtype``: the decoder's draws are rounded to it (and the pipeline gets the rounded
+        values), e.g. bfloat16 for the diffusion decoder's large pixel-volume draw: what a bf16 pipeline
+        draws, and half the bytes to store."""
         self.draws: list[tuple[str, torch.Tensor]] = []
         self._in_sde = False
+        self._decoder_dtype = decoder_draw_dtype
 
     def _site(self) -> str:
         for frame in inspect.stack()[2:12]:
@@ -113,7 +120,10 @@ class DrawRecorder:
         def randn(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             t = orig(*args, **kwargs)
             if not self._in_sde and t.device.type != "meta":  # meta: parameter init of a model being built
-                self.draws.append((self._site(), t.detach().clone()))
+                site = self._site()
+                if site == "decoder" and self._decoder_dtype is not None:
+                    t = t.to(self._decoder_dtype).to(t.dtype)
+                self.draws.append((site, t.detach().clone()))
             return t
 
         torch.randn = randn
@@ -144,9 +154,14 @@ def _patch(stack: contextlib.ExitStack, obj, name: str, value) -> None:  # noqa:
 
 def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str | None, upsampler_path: str, lora_path: str,  # noqa: PLR0915
                gemma_dir: str | None, V: dict, seed: int, latent_c: int, audio_z: int, audio_mel_lat: int,
-               report: list[str], model_paths=None) -> tuple[dict[str, torch.Tensor], dict]:  # noqa: ANN001
+               report: list[str], model_paths=None, pipelines: tuple[str, ...] = E2E_PIPELINES,
+               tiling_config="auto", key_prefix: str = "", decoder_draw_dtype: torch.dtype | None = None,
+               ) -> tuple[dict[str, torch.Tensor], dict]:  # noqa: ANN001
     """``model_paths``: a ``ModelPaths`` (e.g. ``ModelPaths.from_split(...)``, LTX-2.5); default
-    ``ModelPaths.from_monolith(ckpt_path, gemma_dir)`` (then the tiny tokenizer is copied into ``gemma_dir``)."""
+    ``ModelPaths.from_monolith(ckpt_path, gemma_dir)`` (then the tiny tokenizer is copied into ``gemma_dir``).
+    ``tiling_config``: passed to every pipeline call unless "auto" (the pipelines' default, ``AUTO_TILING``; a
+    diffusion video VAE needs an explicit one on CPU, where the reference's auto tiling cannot size tiles).
+    Keys are ``{key_prefix}{pipeline}.*``. ``decoder_draw_dtype``: see ``DrawRecorder``."""
     import av
     from PIL import Image
 
@@ -252,15 +267,17 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str | None, upsampler_pa
     def call(name: str, pipe):  # noqa: ANN001, ANN202
         common = {"prompt": PROMPT, "seed": seed, "height": height, "width": width, "frame_rate": fps,
                   "images": image_inputs, "num_frames": frames}
+        if tiling_config != "auto":
+            common["tiling_config"] = tiling_config
         if name == "distilled":
             return pipe(**common)
         vg, ag = guiders["hq" if name == "dev-two-stage-hq" else "dev"]
         return pipe(**common, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, video_guider_params=vg,
                     audio_guider_params=ag)
 
-    for name in ("distilled", "dev", "dev-two-stage", "dev-two-stage-hq"):
-        p = f"{name}."
-        rec = DrawRecorder()
+    for name in pipelines:
+        p = f"{key_prefix}{name}."
+        rec = DrawRecorder(decoder_draw_dtype)
         log: dict[str, list] = {"stage": [], "ctx": [], "up": [], "vdec": [], "adec": [], "built": [], "crf": []}
         with contextlib.ExitStack() as st:
             for mod in (m_distilled, m_one, m_two, m_hq):
@@ -322,7 +339,7 @@ def e2e_golden(*, out_dir: str, prefix: str, ckpt_path: str | None, upsampler_pa
         for k, (site, tensor) in enumerate(rec.draws):
             out[p + f"draw{k}.{site}"] = tensor
             sites.append(site)
-        report.append(f"e2e.{name}: {len(log['stage'])} stage(s), draws {','.join(sites)}, frames "
+        report.append(f"e2e.{key_prefix}{name}: {len(log['stage'])} stage(s), draws {','.join(sites)}, frames "
                       f"{tuple(frames_out.shape)}, waveform {tuple(audio.waveform.shape)}")
         del pipe, result, video_iter
 

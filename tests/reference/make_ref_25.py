@@ -91,6 +91,9 @@ def file_names(tag: str) -> dict[str, str]:
         "duration_head": f"model_patches/ltx-2.5-{tag}-duration-head-bf16.safetensors",
         "spatial-x2": f"latent_upscale_models/ltx-2.5-{tag}-spatial-x2-upscaler.safetensors",
         "distilled_lora": f"loras/ltx-2.5-{tag}-distilled-lora-bf16.safetensors",
+        # the release's default video VAE, a diffusion VAE; outside the scanned folders, so the set opens with the conv
+        # one (the tests put it into a copy of the folder)
+        "diffusion_video_vae": f"extra/vae/ltx-2.5-{tag}-video-vae-bf16.safetensors",
     }
 
 
@@ -385,6 +388,8 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--variant", default="tiny25", choices=sorted(VARIANTS_25))
     ap.add_argument("--no-e2e", action="store_true", help="skip golden_e2e.safetensors (the pipeline classes)")
+    ap.add_argument("--no-diffusion-vae", action="store_true",
+                    help="skip the diffusion video VAE file and golden_e2e_diffvae.safetensors")
     args = ap.parse_args()
     V = get_variant_25(args.variant)
     SEED = args.seed
@@ -516,6 +521,10 @@ def main() -> None:  # noqa: PLR0915
             lora_path=P["distilled_lora"], gemma_dir=None, V=V, seed=SEED, latent_c=LATENT_C, audio_z=A_Z,
             audio_mel_lat=A_MEL_LAT, report=report, model_paths=paths)
 
+    diffvae_meta = None
+    if not args.no_diffusion_vae:
+        diffvae_meta = diffusion_vae_goldens(args, V, P, v_enc, SEED, LATENT_C, A_Z, A_MEL_LAT, out_dir, gold, report)
+
     for name, tensors in gold.items():
         save_file({k: v.detach().clone().contiguous() for k, v in tensors.items() if v is not None},
                   os.path.join(out_dir, f"golden_{name}.safetensors"))
@@ -532,6 +541,8 @@ def main() -> None:  # noqa: PLR0915
     }
     if e2e_meta is not None:
         manifest["e2e"] = e2e_meta
+    if diffvae_meta is not None:
+        manifest["diffusion_vae"] = diffvae_meta
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     with open(os.path.join(out_dir, "keys.txt"), "w") as f:  # file \t key \t shape \t dtype, for humans
@@ -545,6 +556,82 @@ def main() -> None:  # noqa: PLR0915
     with open(os.path.join(out_dir, "REPORT.txt"), "w") as f:
         f.write("\n".join(report) + "\n")
     print("\n".join(report))
+
+
+# The tiny25 diffusion VAE's decoder: make_ref_diffvae's tiny decoder at this set's latent width, with stages 1-2
+# attending along H, W only (K_t = 1): the latent floor is then (2, 2, 2), so the e2e clips' two latent frames need no
+# padding and the sampler's noise volume (stored per pipeline) is 9 frames, not 17. (No ghost frames either: the
+# diffvae set covers the floor and the ghosts.)
+DIFFUSION_DECODER_25 = {"stage_kernels": [[1, 1, 1], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]}
+DIFFUSION_TILED_PIPELINE = "dev-two-stage"
+DIFFUSION_TILING = {"frames": (16, 8), "height": (64, 32), "width": (96, 32)}  # 2 x 3 x 3 tiles at 128 x 192
+
+
+def diffusion_vae_goldens(args, V: dict, P: dict, v_enc, seed: int, latent_c: int, audio_z: int,  # noqa: ANN001, PLR0913
+                          audio_mel_lat: int, out_dir: str, gold: dict, report: list[str]) -> dict:
+    """The diffusion video VAE file (the conv file's encoder and statistics, a tiny random diffusion decoder), and
+    golden_e2e_diffvae: the four pipeline classes with it as ``video_vae_path`` (untiled decode: the reference's auto
+    tiling cannot size tiles on CPU), plus the tiled decode of one pipeline (keys ``tiled.<pipeline>.*``). The
+    denoising is the conv run's (same encoder): asserted bit for bit, so only the decode differs."""
+    from e2e_goldens import e2e_golden
+    from make_ref_diffvae import DECODER_CFG, nested_vae_config, write_diffusion_vae
+
+    from ltx_core.model.video_vae import VAE_ENCODER_COMFY_KEYS_FILTER, VideoEncoderConfigurator
+    from ltx_core.tiling import DimensionSizeConfig, TileSizeConfig
+    from ltx_pipelines.utils.model_paths import ModelPaths
+
+    vae_cfg = nested_vae_config(latent_c, V["metadata"]["config"]["vae"], {**DECODER_CFG, **DIFFUSION_DECODER_25})
+    meta = {"config": {"vae": vae_cfg}, "model_version": V["model_version"]}
+    write_diffusion_vae(P["diffusion_video_vae"], meta, seed + 20, encoder=v_enc)
+    enc_back = build_back(VideoEncoderConfigurator, P["diffusion_video_vae"], VAE_ENCODER_COMFY_KEYS_FILTER)
+    sa, sb = enc_back.state_dict(), v_enc.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), "diffusion-VAE encoder != conv's"
+    report.append(f"diffusion VAE {os.path.relpath(P['diffusion_video_vae'], out_dir)}: its encoder reloads equal to "
+                  "the conv file's")
+    if args.no_e2e:
+        return {"file": os.path.relpath(P["diffusion_video_vae"], out_dir)}
+    paths = ModelPaths.from_split(transformer_path=P["transformer"], text_encoder_path=P["text_encoder"],
+                                  video_vae_path=P["diffusion_video_vae"], audio_vae_path=P["audio_vae"],
+                                  duration_head_path=P["duration_head"])
+    common = {"out_dir": out_dir, "prefix": V["tag"], "ckpt_path": None, "upsampler_path": P["spatial-x2"],
+              "lora_path": P["distilled_lora"], "gemma_dir": None, "V": V, "seed": seed, "latent_c": latent_c,
+              "audio_z": audio_z, "audio_mel_lat": audio_mel_lat, "report": report, "model_paths": paths}
+    full, _ = e2e_golden(**common, tiling_config=None, decoder_draw_dtype=torch.bfloat16)
+    tiling = TileSizeConfig(**{a: DimensionSizeConfig(tile_size=sz, overlap=ov)
+                               for a, (sz, ov) in DIFFUSION_TILING.items()})
+    tiled, _ = e2e_golden(**common, pipelines=(DIFFUSION_TILED_PIPELINE,), tiling_config=tiling, key_prefix="tiled.",
+                          decoder_draw_dtype=torch.bfloat16)
+    full.update({k: v for k, v in tiled.items() if k.startswith("tiled.")})
+    conv = gold["e2e"]
+    out: dict[str, torch.Tensor] = {}
+    for name in E2E_NAMES:
+        for prefix in ("", "tiled.") if name == DIFFUSION_TILED_PIPELINE else ("",):
+            p = f"{prefix}{name}."
+            for key in ("decode.video.latent", "decode.audio.latent", "out.waveform"):
+                assert torch.equal(full[p + key], conv[f"{name}.{key}"]), \
+                    f"{p}{key}: the diffusion-VAE run denoised differently from the conv run"
+            draws = sorted((int(k[len(p + "draw"):].split(".")[0]), k) for k in full if k.startswith(p + "draw"))
+            conv_draws = sorted((int(k[len(name) + 5:].split(".")[0]), k) for k in conv if k.startswith(name + ".draw"))
+            assert [k.rsplit(".", 1)[1] for _, k in draws[:-1]] == [k.rsplit(".", 1)[1] for _, k in conv_draws], p
+            assert all(torch.equal(full[a], conv[b]) for (_, a), (_, b) in zip(draws, conv_draws)), p
+            last = draws[-1][1]
+            assert last.endswith(".decoder"), f"{p}: the decoder's draw is not the last ({last})"
+            if prefix:
+                assert torch.equal(full[last], out[f"{name}.decoder_draw"]), "the tiled run drew other noise"
+            else:
+                out[p + "decoder_draw"] = full[last].to(torch.bfloat16)  # bf16-valued (decoder_draw_dtype)
+            out[p + "out.frames_u16"] = full[p + "out.frames_u16"]
+    report.append("e2e_diffvae: latents, waveforms and every denoising draw equal the conv-VAE run's bit for bit (only "
+                  "the decode differs); the decoder's draw is the last, one per run (the tiled run's equals the "
+                  "untiled one's)")
+    gold["e2e_diffvae"] = out
+    return {"file": os.path.relpath(P["diffusion_video_vae"], out_dir), "untiled": list(E2E_NAMES),
+            "tiled": {"pipeline": DIFFUSION_TILED_PIPELINE,
+                      "tiling": {a: {"tile_size": sz, "overlap": ov} for a, (sz, ov) in DIFFUSION_TILING.items()}},
+            "border": "chunked_eager"}
+
+
+E2E_NAMES = ("distilled", "dev", "dev-two-stage", "dev-two-stage-hq")
 
 
 def _e2e_texts() -> tuple[str, str]:

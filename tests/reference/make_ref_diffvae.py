@@ -209,6 +209,61 @@ def brute_na3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: tuple[
     return out
 
 
+def write_diffusion_vae(path: str, metadata: dict, seed: int, encoder: torch.nn.Module | None = None):
+    """Build a random ``CausalDiffusionVAE`` from ``metadata`` with the reference's configurators and write it in the
+    release layout (bf16). Weights from generator ``seed`` (decoder, then the encoder unless ``encoder`` is given),
+    static gates and the coarse head from ``seed + 1``. One ``per_channel_statistics`` in the file: the decoder's
+    copied into the new encoder, or ``encoder``'s copied into the decoder (a conv file's encoder reused).
+    Returns (decoder state dict, encoder state dict, gates, coarse head, file tensors)."""
+    dec0 = VideoDecoderConfigurator.from_metadata(metadata)
+    assert type(dec0).__name__ == "DiffusionVideoDecoder", type(dec0)
+    g = torch.Generator().manual_seed(seed)
+    randomize_(dec0, g)
+    with torch.no_grad():
+        if encoder is None:
+            encoder = VideoEncoderConfigurator.from_metadata(metadata)
+            randomize_(encoder, g)
+            src, dst = dec0, encoder
+        else:
+            src, dst = encoder, dec0
+        for name in ("std-of-means", "mean-of-means"):
+            dst.per_channel_statistics.get_buffer(name).copy_(src.per_channel_statistics.get_buffer(name))
+    dec_sd = persistent_sd(dec0)
+    enc_sd = persistent_sd(encoder)
+    g1 = torch.Generator().manual_seed(seed + 1)
+    c5 = metadata["config"]["vae"]["decoder"]["stage_channels"][-1]
+    gates = {}
+    for n in range(len(dec0.diff_blocks)):
+        for gname in ("gate_msa", "gate_mlp", "gate_ctx"):
+            # |g| in [0.5, 1.5], a few negative: never 1, so an unfolded port is visibly off.
+            v = 0.5 + torch.rand(c5, generator=g1)
+            v = torch.where(torch.rand(c5, generator=g1) < 0.15, -v, v)
+            gates[f"diff_blocks.{n}.{gname}"] = bf16r(v)
+    coarse = {k: bf16r(torch.randn(s, generator=g1) * 0.1) for k, s in COARSE_SHAPES.items()}
+    rel = release_decoder_sd(dec_sd, gates, coarse)
+    file_sd: dict[str, torch.Tensor] = {}
+    for k, v in rel.items():
+        file_sd[k if k.startswith("per_channel_statistics.") else "decoder." + k] = v
+    for k, v in enc_sd.items():
+        if not k.startswith("per_channel_statistics."):
+            file_sd["encoder." + k] = v
+    write_safetensors(path, file_sd, metadata, torch.bfloat16)
+    return dec_sd, enc_sd, gates, coarse, file_sd
+
+
+def nested_vae_config(latent_c: int, flat_vae: dict, decoder: dict) -> dict:
+    """A ``CausalDiffusionVAE`` config whose nested encoder is the flat 2.3-style ``flat_vae``'s encoder (so the
+    conv file's encoder weights load into it unchanged) and whose decoder is ``decoder``."""
+    enc = {"dims": flat_vae.get("dims", 3), "in_channels": flat_vae.get("in_channels", 3), "out_channels": latent_c,
+           "patch_size": flat_vae["patch_size"], "norm_layer": flat_vae.get("norm_layer", "pixel_norm"),
+           "latent_log_var": flat_vae.get("latent_log_var", "uniform"),
+           "spatial_padding_mode": flat_vae.get("spatial_padding_mode",
+                                                flat_vae.get("encoder_spatial_padding_mode", "zeros")),
+           "blocks": flat_vae["encoder_blocks"]}
+    return {"_class_name": "CausalDiffusionVAE", "latent_channels": latent_c, "model_output_type": "v",
+            "encoder": enc, "decoder": {**decoder, "in_channels": latent_c}}
+
+
 def build_decoder(path: str, mode: str, dtype: torch.dtype = F32) -> torch.nn.Module:
     """Reload the decoder in float32 through the reference's configurator + SD ops.
     mode "chunked_eager": the pipelines' default DiffVAE op (VideoDecoder in ltx_pipelines/utils/blocks.py);
@@ -379,36 +434,8 @@ def main() -> None:  # noqa: PLR0915
     t_start = time.time()
 
     # ------------------------------------------------------------------ 1. tiny file
-    dec0 = VideoDecoderConfigurator.from_metadata(METADATA)
-    enc0 = VideoEncoderConfigurator.from_metadata(METADATA)
-    assert type(dec0).__name__ == "DiffusionVideoDecoder", type(dec0)
-    g = torch.Generator().manual_seed(seed)
-    randomize_(dec0, g)
-    randomize_(enc0, g)
-    with torch.no_grad():  # one shared per_channel_statistics in the file
-        for name in ("std-of-means", "mean-of-means"):
-            enc0.per_channel_statistics.get_buffer(name).copy_(dec0.per_channel_statistics.get_buffer(name))
-    dec_sd = persistent_sd(dec0)
-    enc_sd = persistent_sd(enc0)
-    g1 = torch.Generator().manual_seed(seed + 1)
-    c5 = dec0.diff_blocks[0].attn.dim if hasattr(dec0.diff_blocks[0], "attn") else DECODER_CFG["stage_channels"][-1]
-    gates = {}
-    for n in range(len(dec0.diff_blocks)):
-        for gname in ("gate_msa", "gate_mlp", "gate_ctx"):
-            # |g| in [0.5, 1.5], a few negative: never 1, so an unfolded port is visibly off.
-            v = 0.5 + torch.rand(c5, generator=g1)
-            v = torch.where(torch.rand(c5, generator=g1) < 0.15, -v, v)
-            gates[f"diff_blocks.{n}.{gname}"] = bf16r(v)
-    coarse = {k: bf16r(torch.randn(s, generator=g1) * 0.1) for k, s in COARSE_SHAPES.items()}
-    rel = release_decoder_sd(dec_sd, gates, coarse)
-    file_sd: dict[str, torch.Tensor] = {}
-    for k, v in rel.items():
-        file_sd[k if k.startswith("per_channel_statistics.") else "decoder." + k] = v
-    for k, v in enc_sd.items():
-        if not k.startswith("per_channel_statistics."):
-            file_sd["encoder." + k] = v
     vae_path = os.path.join(out_dir, VAE_FILE)
-    write_safetensors(vae_path, file_sd, METADATA, torch.bfloat16)
+    dec_sd, enc_sd, gates, coarse, file_sd = write_diffusion_vae(vae_path, METADATA, seed)
     n_params = sum(v.numel() for v in file_sd.values())
     report.append(f"{VAE_FILE}: {len(file_sd)} tensors, {n_params} values, {os.path.getsize(vae_path)} bytes")
 
