@@ -165,10 +165,10 @@ def axis_weights(tiles: list[DiffTile], shape: tuple[int, int, int]) -> list[np.
 # q/k/v with their float32 RoPE copies, the attention output and the 4×-wide SwiGLU hidden states),
 # stage 5 up to S5_BYTES_PER_VALUE per (token × stage-5 channel) with the sampler's x_t, the context
 # and the float32 step, plus na3d's block buffer at its full element budget. Per float32 value;
-# bfloat16 activations halve them. Checked on the CPU backend (MLX 0.32, the release's kernels and
-# depths at a quarter of its widths, float32 and bfloat16, untiled and tiled): measured peak ÷ this
-# estimate 0.45–0.65, i.e. it errs on the safe side (bench/diffusion_decoder_bench.py). Not measured
-# on Metal.
+# bfloat16 activations need 3/4 of that (the RoPE rotation and the sampler step stay float32).
+# Checked on the CPU backend (MLX 0.32, the release's kernels and depths at a quarter of its widths,
+# float32 and bfloat16, untiled and tiled): measured peak ÷ this estimate 0.45–0.65, i.e. it errs
+# on the safe side (bench/diffusion_decoder_bench.py, bench/README.md). Not measured on Metal.
 DET_BYTES_PER_VALUE = 40
 S5_BYTES_PER_VALUE = 48
 
@@ -189,9 +189,10 @@ def estimate_decode_bytes(cfg, latent_thw: tuple[int, int, int], tile_px: tuple[
                           itemsize: int = 4, block_bytes: int = 0) -> int:
     """Peak activation bytes of a diffusion decode of a (T, H, W) work latent with pixel tiles of
     ``tile_px`` (frames, H, W; None = one tile of the whole clip): the larger of stages 1–3 on the
-    whole volume, and a tile's stages 4–5 beside the resident stage-4 input and the blend buffer
-    (full frame, two tiles long: the group being decoded and the previous one's overlap)."""
-    scale = itemsize / 4
+    whole volume, and a tile's stages 4–5 beside the resident stage-4 input, the sampler's noise
+    over the whole pixel volume (drawn once, sliced per tile) and the blend buffer (full frame, two
+    tiles long: the group being decoded and the previous one's overlap)."""
+    scale = (itemsize + 4) / 8  # bfloat16 halves the activations but not the float32 RoPE / sampler copies
     vols = _stage_volumes(cfg, latent_thw)
     stages13 = max(DET_BYTES_PER_VALUE * n * c for n, c in vols[:3]) * scale
     s4_tokens, c4 = vols[3]
@@ -204,7 +205,8 @@ def estimate_decode_bytes(cfg, latent_thw: tuple[int, int, int], tile_px: tuple[
     tokens5 = f * (h // cfg.patch_size) * (w // cfg.patch_size)
     tile = (DET_BYTES_PER_VALUE * s4_tile * c4 + S5_BYTES_PER_VALUE * tokens5 * cfg.c5) * scale + block_bytes
     accumulator = 2 * min(2 * f, F) * Hp * Wp * 3 * itemsize
-    return int(max(stages13, resident + accumulator + tile))
+    noise = 3 * F * Hp * Wp * itemsize
+    return int(max(stages13, resident + noise + accumulator + tile))
 
 
 def _round_up(value: int, multiple: int) -> int:
