@@ -91,13 +91,22 @@ Pass = tuple[str, mx.array | None, mx.array | None, PerturbationConfig]
 
 def run_passes(model, video_state: LatentState | None, audio_state: LatentState | None, sigma: float,
                passes: list[Pass], max_batch_size: int | None = 1, video_enabled: bool = True,
-               audio_enabled: bool = True, cache: ArrayCache | None = None
+               audio_enabled: bool = True, cache: ArrayCache | None = None, parallel=None
                ) -> dict[str, tuple[mx.array | None, mx.array | None]]:
     """X0 outputs of each pass (name, video context, audio context, perturbations), as many whole
     passes per transformer call as fit in ``max_batch_size`` samples (at least one; None = all passes
     in one call): the reference's ``BatchSplitAdapter``, whose pipelines default to 1 sample per call.
     Each sample carries its own perturbation keep mask, so batched and one-by-one calls agree.
-    ``cache``: where the batched calls' tiled positions and masks are kept between steps."""
+    ``cache``: where the batched calls' tiled positions and masks are kept between steps.
+    ``parallel`` (a ``distributed.ParallelGroup``): this rank runs its share of the passes and every
+    rank gets all outputs (fewer passes than ranks: every rank runs them all)."""
+    if parallel is not None and len(passes) >= parallel.size:
+        from .distributed import share_pass_outputs
+
+        mine = [p for i, p in enumerate(passes) if parallel.mine(i)]
+        out = run_passes(model, video_state, audio_state, sigma, mine, max_batch_size, video_enabled,
+                         audio_enabled, cache)
+        return share_pass_outputs(parallel, [p[0] for p in passes], out)
     batch = (video_state or audio_state).latent.shape[0]
     per_call = len(passes) if max_batch_size is None else max(1, max_batch_size // batch)
     out: dict[str, tuple[mx.array | None, mx.array | None]] = {}
@@ -146,8 +155,9 @@ class GuidedDenoiser:
 
     def __init__(self, v_context: mx.array | None, a_context: mx.array | None,
                  video_guider: MultiModalGuider | None = None, audio_guider: MultiModalGuider | None = None,
-                 force_uncond_pass: bool = False, max_batch_size: int | None = 1):
+                 force_uncond_pass: bool = False, max_batch_size: int | None = 1, parallel=None):
         self.v_context = v_context
+        self.parallel = parallel  # distributed.ParallelGroup: the passes are shared among its ranks
         self.a_context = a_context
         self.video_guider = video_guider
         self.audio_guider = audio_guider
@@ -202,7 +212,7 @@ class GuidedDenoiser:
         check_stg_blocks([g.params for g in (vg, ag) if g.do_perturbed_generation()], model.num_blocks)
         passes = self._passes(vg, ag, video_state is not None, audio_state is not None)
         r = run_passes(model, video_state, audio_state, sigma, passes, self.max_batch_size,
-                       video_enabled=not v_skip, audio_enabled=not a_skip, cache=self._tiled)
+                       video_enabled=not v_skip, audio_enabled=not a_skip, cache=self._tiled, parallel=self.parallel)
 
         def combine(idx: int, guider: MultiModalGuider, skip: bool, last: mx.array | None):
             cond = r["cond"][idx]
@@ -227,8 +237,9 @@ class FactoryGuidedDenoiser(GuidedDenoiser):
     def __init__(self, v_context: mx.array | None, a_context: mx.array | None,
                  video_guider_factory: MultiModalGuiderFactory | None = None,
                  audio_guider_factory: MultiModalGuiderFactory | None = None,
-                 force_uncond_pass: bool = False, max_batch_size: int | None = 1):
-        super().__init__(v_context, a_context, force_uncond_pass=force_uncond_pass, max_batch_size=max_batch_size)
+                 force_uncond_pass: bool = False, max_batch_size: int | None = 1, parallel=None):
+        super().__init__(v_context, a_context, force_uncond_pass=force_uncond_pass, max_batch_size=max_batch_size,
+                         parallel=parallel)
         self.video_guider_factory = video_guider_factory
         self.audio_guider_factory = audio_guider_factory
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import textwrap
 
@@ -191,6 +192,10 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                             "JSON object per event on stderr, the last one the summary")
     shown.add_argument("--quiet", "-q", action="store_true",
                        help="print nothing but errors and the final 'wrote ...' line")
+    par = p.add_argument_group("several Macs (launch with mlx.launch; README \"Several Macs\")")
+    par.add_argument("--parallel", choices=("guidance",), default=None,
+                     help="how the ranks of an mlx.launch run share the work: guidance (each rank runs its share "
+                          "of a guided step's transformer passes; default when launched on several ranks)")
     mem = p.add_argument_group("memory")
     mem.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="weights and latents")
     mem.add_argument("--keep-models", action="store_true",
@@ -328,11 +333,23 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # bad input (CheckpointError included), missing or unwritable files
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {_rank_prefix()}{_one_line(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # ffmpeg (media.FFmpegError, the images' H.264 round trip), MLX
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        from .distributed import peer_lost
+
+        if peer_lost(e):  # mlx.launch ranks: another rank died or became unreachable
+            print(f"error: {_rank_prefix()}another rank of this run stopped or became unreachable ({_one_line(e)}); "
+                  f"the run is abandoned on every rank and no output was written", file=sys.stderr)
+            return 1
+        print(f"error: {_rank_prefix()}{_one_line(e)}", file=sys.stderr)
         return 1
+
+
+def _rank_prefix() -> str:
+    """"rank N: " inside an mlx.launch run (the launcher interleaves the ranks' output), else ""."""
+    rank = os.environ.get("MLX_RANK")
+    return f"rank {rank}: " if rank is not None else ""
 
 
 def _ic_lora_args(parser: argparse.ArgumentParser, args) -> dict:
@@ -398,23 +415,34 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
                                         preflight=not args.no_preflight, loras=loras,
                                         video_decoder=args.video_decoder, diffvae_border=args.diffvae_border)
     pipeline.arg_names = CLI_NAMES
+    from .distributed import check_same_model, init_parallel, stop_on_sigterm
+
+    parallel = init_parallel(args.parallel)
+    if parallel is not None:  # every rank checks before any work that all opened the same model
+        stop_on_sigterm()
+        check_same_model(parallel, pipeline.checkpoint)
+        pipeline.parallel = parallel
+    lead = parallel is None or parallel.rank == 0  # only rank 0 reports and writes
     video_params = _guider_params(args, "video", "a2v", pipeline.params.video_guider_params)
     audio_params = _guider_params(args, "audio", "v2a", pipeline.params.audio_guider_params)
     if not pipeline.spec.guided and (video_params or audio_params or args.negative_prompt is not None):
         parser.error(f"the {args.pipeline} pipeline has no guidance: drop --negative-prompt and the guidance flags")
-    reporter = _Reporter("quiet" if args.quiet else args.progress, args.output_path, args.model)
+    reporter = _Reporter("quiet" if args.quiet or not lead else args.progress, args.output_path, args.model)
     try:
         result = pipeline.generate(
             args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
             num_frames=args.num_frames, fps=args.frame_rate, seed=args.seed,
-            num_inference_steps=args.num_inference_steps, images=images, output_path=args.output_path,
-            audio=not args.no_audio, wav_path=args.wav, enhance_prompt=args.enhance_prompt,
+            num_inference_steps=args.num_inference_steps, images=images,
+            output_path=args.output_path if lead else None,
+            audio=not args.no_audio, wav_path=args.wav if lead else None, enhance_prompt=args.enhance_prompt,
             video_guider_params=video_params, audio_guider_params=audio_params,
             crf_threads=args.image_crf_threads, overwrite=args.overwrite, events=reporter,
             auto_duration=None if args.auto_duration is None else tuple(args.auto_duration),
             **_ic_lora_args(parser, args), **_retake_args(args), **_a2vid_args(args))
     finally:
         reporter.close()
+    if not lead:
+        return 0
     if result.frames is None:  # audio only (t2a)
         print(f"wrote {result.path} ({result.audio.shape[1] / result.sample_rate:.2f} s of audio at "
               f"{result.sample_rate} Hz)")

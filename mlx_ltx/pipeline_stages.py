@@ -284,8 +284,10 @@ def stage_sigmas(stage: StageSpec, steps: int, video_tools: VideoLatentTools) ->
 
 
 def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModalGuiderParams,
-                  audio_params: MultiModalGuiderParams, max_batch_size: int | None = 1, video: bool = True):
-    """``video=False``: the stage has no video stream (text-to-audio: no video context, no video guider)."""
+                  audio_params: MultiModalGuiderParams, max_batch_size: int | None = 1, video: bool = True,
+                  parallel=None):
+    """``video=False``: the stage has no video stream (text-to-audio: no video context, no video guider);
+    ``parallel``: the ``distributed.ParallelGroup`` a guided stage shares its passes with."""
     vc, ac = (contexts.video if video else None), contexts.audio
     if stage.denoiser is DenoiserKind.SIMPLE:
         return SimpleDenoiser(vc, ac)
@@ -297,9 +299,10 @@ def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModal
         video_factory = MultiModalGuiderFactory.constant(video_params, contexts.video_negative) if video else None
         return FactoryGuidedDenoiser(vc, ac, video_factory,
                                      MultiModalGuiderFactory.constant(audio_params, contexts.audio_negative),
-                                     max_batch_size=max_batch_size)
+                                     max_batch_size=max_batch_size, parallel=parallel)
     return GuidedDenoiser(vc, ac, MultiModalGuider(video_params, contexts.video_negative),
-                          MultiModalGuider(audio_params, contexts.audio_negative), max_batch_size=max_batch_size)
+                          MultiModalGuider(audio_params, contexts.audio_negative), max_batch_size=max_batch_size,
+                          parallel=parallel)
 
 
 def ancestral_noise(noise: NoiseProvider, index: int) -> AncestralNoiseFn:
@@ -323,7 +326,7 @@ def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: 
               conditionings: StageInputs | list, noise: NoiseProvider, sigmas: mx.array, *,
               video_params: MultiModalGuiderParams, audio_params: MultiModalGuiderParams,
               initial: StageOutput | None = None, dtype: mx.Dtype = mx.float32, sde_noise: NoiseFn | None = None,
-              max_batch_size: int | None = 1, on_step=None) -> StageOutput:
+              max_batch_size: int | None = 1, on_step=None, parallel=None) -> StageOutput:
     """``DiffusionStage.__call__``: states at this stage's size (``initial`` latents re-noised at
     ``sigmas[0]``), the loop, ``clear_conditioning``, unpatchify."""
     height, width = geometry.height // stage.size_divisor, geometry.width // stage.size_divisor
@@ -345,7 +348,8 @@ def run_stage(model, stage: StageSpec, index: int, config: LTXConfig, geometry: 
         if spec.frozen:
             state = replace(state, denoise_mask=mx.zeros_like(state.denoise_mask), frozen=True)
         states.append(state)
-    denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size, video=states[0] is not None)
+    denoiser = make_denoiser(stage, contexts, video_params, audio_params, max_batch_size, video=states[0] is not None,
+                             parallel=parallel)
     stepper = make_stepper(stage, sde_noise, ancestral_noise(noise, index))
     video, audio = denoise_loop(model, states[0], states[1], sigmas, denoiser, stepper, on_step=on_step)
     return StageOutput(None if video is None else video_tools.unpatchify(video_tools.clear_conditioning(video).latent),
@@ -368,12 +372,12 @@ def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geo
                sigmas: dict[int, mx.array] | None = None, sde_noise: Callable[[int], NoiseFn | None] | None = None,
                max_batch_size: int | None = 1, trace: StageTrace | None = None,
                progress: Callable[[int, int, int], None] | None = None,
-               on_stage: Callable[[int, int], None] | None = None) -> tuple[mx.array, mx.array]:
+               on_stage: Callable[[int, int], None] | None = None, parallel=None) -> tuple[mx.array, mx.array]:
     """Run every stage of ``spec``; returns (final video latent, the kept stage's audio latent).
     ``sigmas`` overrides a stage's schedule (by stage index, as the reference's ``stage_*_sigmas``);
     ``sde_noise(stage_index)`` replaces res_2s's SDE draws; ``progress(stage, step, steps)`` is
     called after every step, ``on_stage(stage, steps)`` once per stage, its model ready, before the
-    first step."""
+    first step. ``parallel``: the ``distributed.ParallelGroup`` whose ranks share the guided passes."""
     if spec.audio_guidance is not None:  # never the negative audio prompt (a2vid)
         contexts = contexts._replace(audio_negative=None)
     previous: StageOutput | None = None
@@ -401,7 +405,7 @@ def run_stages(spec: PipelineSpec, runtime: StageRuntime, config: LTXConfig, geo
         previous = run_stage(model, stage, index, config, geometry, contexts, items, noise, stage_sigma,
                              video_params=video_params, audio_params=audio_params, initial=initial, dtype=dtype,
                              sde_noise=sde_noise(index) if sde_noise else None, max_batch_size=max_batch_size,
-                             on_step=on_step)
+                             on_step=on_step, parallel=parallel)
         mx.eval([x for x in (previous.video_latent, previous.audio_latent) if x is not None])
         outputs.append(previous)
         if trace is not None:

@@ -114,6 +114,8 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             raise ValueError(f"diffvae_border must be one of {DIFFVAE_BORDERS}; got {diffvae_border!r}")
         #: the diffusion video decoder's stage-5 border mode (models/diffusion_video_decoder.py)
         self.diffvae_border = diffvae_border
+        #: the ranks sharing this generation's guided passes (distributed.ParallelGroup), None alone
+        self.parallel = None
         self.memory = memory
         self.preflight = bool(preflight)
         self._plan: MemoryPlan | None = None
@@ -305,7 +307,7 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             video_params=video_guider_params or self.params.video_guider_params,
             audio_params=audio_guider_params or self.params.audio_guider_params,
             dtype=self.dtype, sigmas=sigmas, sde_noise=sde_noise, max_batch_size=max_batch_size, trace=trace,
-            progress=progress, on_stage=on_stage)
+            progress=progress, on_stage=on_stage, parallel=self.parallel)
         if tracker is not None:
             tracker.end()
         return video, audio
@@ -474,10 +476,11 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             self._transformer = self._distilled_lora = None
             self._lora_strength = None
             _release()
-        frames = None
+        frames = waveform = rate = None
+        if self.parallel is not None and self.parallel.rank != 0:  # the other ranks' work ends with the latents
+            return GenerationResult(frames, waveform, rate, fps, None, video_latent, audio_latent)
         if self.spec.video:
             frames = self.decode_video(video_latent, noise=lambda shape, dtype: noise(shape, dtype, "decoder"))
-        waveform = rate = None
         if audio:
             if self.spec.audio_output is not None:  # a2vid: the input waveform passes through, no decode
                 from .stage_inputs import imported

@@ -1,0 +1,142 @@
+"""Several processes (Macs) as one generation over ``mlx.core.distributed``: guidance-parallel.
+
+A guided step runs up to four transformer passes on the same latent: conditioned, negative
+prompt, STG (skipped self-attention blocks) and modality isolation. With N ranks each rank runs
+the passes ``i`` with ``i % N == rank`` and the outputs are summed across ranks into every rank's
+full set (each pass comes from exactly one rank, the others contribute zeros, so the sum is exact:
+x + 0 = x). Every rank then applies the same guidance arithmetic to the same numbers, so the
+states stay identical on every rank without any further exchange, and the result equals the
+single-process run's. Unguided steps (the distilled pipeline, stage 2) run on every rank alike.
+
+The engine is MLX's own: ``mlx.launch`` starts the ranks (ring over Ethernet / loopback, JACCL
+over Thunderbolt, MPI), ``mx.distributed.init()`` joins them. Collectives are lazy: every rank
+must evaluate the same collectives in the same order, which the shared pass schedule guarantees.
+
+Failures: a rank that dies makes the others' next collective raise ("connection to a peer was
+lost"); :func:`peer_lost` recognises it so the CLI ends with one message and writes nothing.
+Ranks started with different model files are refused before any work (:func:`check_same_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+PARALLEL_MODES = ("guidance",)
+
+
+@dataclass(frozen=True)
+class ParallelGroup:
+    """The ranks of one generation and how they share the work."""
+
+    group: object  # mx.distributed.Group
+    mode: str = "guidance"
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank()
+
+    @property
+    def size(self) -> int:
+        return self.group.size()
+
+    def mine(self, index: int) -> bool:
+        """Whether this rank runs guidance pass ``index`` (round-robin over the ranks)."""
+        return index % self.size == self.rank
+
+    def all_sum(self, x: mx.array) -> mx.array:
+        return mx.distributed.all_sum(x, group=self.group)
+
+
+def init_parallel(mode: str | None = "guidance") -> ParallelGroup | None:
+    """The group this process belongs to (launched by ``mlx.launch``), or None when it runs alone
+    (a plain ``python -m mlx_ltx.generate`` is a group of one)."""
+    if mode is not None and mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel mode {mode!r}; choose from {PARALLEL_MODES}")
+    if not mx.distributed.is_available():
+        return None
+    group = mx.distributed.init()
+    if group.size() == 1:
+        return None
+    return ParallelGroup(group, mode or "guidance")
+
+
+def broadcast_bytes(parallel: ParallelGroup, data: bytes | None) -> bytes:
+    """Rank 0's ``data`` on every rank (MLX has no broadcast: a sum with zeros elsewhere)."""
+    n = parallel.all_sum(mx.array([len(data) if parallel.rank == 0 else 0], dtype=mx.int32))
+    n = int(n.item())
+    buf = mx.array(bytearray(data), dtype=mx.uint8) if parallel.rank == 0 else mx.zeros((n,), dtype=mx.uint8)
+    # uint8 sums would overflow only where two ranks are non-zero; only rank 0 is
+    return bytes(bytearray(parallel.all_sum(buf).tolist())) if n else b""
+
+
+def model_fingerprint(checkpoint) -> str:
+    """A digest of what a rank will load: each file's name, size and header metadata (not its
+    bytes: hashing tens of GB on every start is too slow; different weights of one name and size
+    would pass, different releases, conversions, variants or quantizations do not)."""
+    parts = []
+    files = sorted(set(checkpoint.files.values()))
+    for path in files:
+        parts.append([os.path.basename(path), os.path.getsize(path)])
+    parts.append(checkpoint.metadata)
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def check_same_model(parallel: ParallelGroup, checkpoint) -> None:
+    """Refuse, on every rank and before any work, ranks that opened different model files."""
+    mine = model_fingerprint(checkpoint)
+    digests = mx.distributed.all_gather(mx.array(bytearray(bytes.fromhex(mine)), dtype=mx.uint8)[None],
+                                        group=parallel.group)
+    ranks = [bytes(bytearray(row.tolist())).hex() for row in digests]
+    if len(set(ranks)) > 1:
+        odd = [r for r, d in enumerate(ranks) if d != ranks[0]]
+        raise ValueError(f"the ranks opened different models (rank 0 vs rank(s) {odd}: file names, sizes or "
+                         f"metadata differ; this rank has {checkpoint.path}): put the same model folder on every "
+                         f"host, at the path given to --model")
+
+
+class RunAbandoned(RuntimeError):
+    """This rank was told to stop (SIGTERM): ``mlx.launch`` terminates the other ranks as soon as one
+    exits with an error, usually before their next collective would have noticed."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn the launcher's SIGTERM into :class:`RunAbandoned`, so the rank unwinds (a video being
+    written is removed with its temporary name) and says why, instead of dying silently."""
+    import signal
+
+    def handler(signum, frame):
+        raise RunAbandoned("stopped by the launcher (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` means another rank died or became unreachable mid-run: MLX's report of a
+    lost connection, or the launcher stopping this rank because another one failed."""
+    if isinstance(error, RunAbandoned):
+        return True
+    return isinstance(error, RuntimeError) and "peer" in str(error).lower() and "lost" in str(error).lower()
+
+
+def share_pass_outputs(parallel: ParallelGroup, names: list[str],
+                       outputs: dict[str, tuple[mx.array | None, mx.array | None]]
+                       ) -> dict[str, tuple[mx.array | None, mx.array | None]]:
+    """Every pass's (video, audio) outputs on every rank: this rank's passes (``outputs``) summed with
+    the zeros it holds for the others' (each pass is computed by exactly one rank)."""
+    mine = next(iter(outputs.values()))
+    result: dict[str, list] = {n: [None, None] for n in names}
+    for stream in (0, 1):
+        if mine[stream] is None:
+            continue
+        ref = mine[stream]
+        stacked = mx.stack([outputs[n][stream] if n in outputs else mx.zeros(ref.shape, ref.dtype) for n in names])
+        summed = parallel.all_sum(stacked)
+        for i, n in enumerate(names):
+            result[n][stream] = summed[i]
+    return {n: (v, a) for n, (v, a) in result.items()}

@@ -1,0 +1,106 @@
+"""Guidance-parallel generation over mlx.distributed (mlx_ltx/distributed.py): two ranks launched
+by ``mlx.launch -n 2 --backend ring`` over loopback (tests/distributed_worker.py), against the
+single-process run of the same request; a rank that dies mid-run; ranks given different models.
+
+``mlx.launch`` exits 0 even when a rank fails (it reports ``[WARN] Node with rank N exited with
+code X`` on stderr), so the failure tests read the ranks' messages and the files left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from reference_data import FixtureSet, fixture_dirs, rel_err
+from test_e2e import make_pipeline, request
+
+WORKER = Path(__file__).parent / "distributed_worker.py"
+PIPELINES = ("distilled", "dev", "dev-two-stage")
+LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).parent / "mlx.launch")
+
+
+def _set() -> FixtureSet:
+    """The 2.3 set the launches use: ``tiny`` when present (each launch costs two processes), or
+    the one ``MLX_LTX_REFERENCE_DIR`` names."""
+    dirs = fixture_dirs()
+    if not dirs:
+        pytest.skip("no LTX-2.3 fixture set")
+    sets = [FixtureSet(d) for d in dirs]
+    chosen = next((s for s in sets if s.variant == "tiny"), sets[0])
+    if "e2e" not in chosen.manifest:
+        pytest.skip(f"{chosen.path.name} has no e2e request")
+    return chosen
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # the ring listens on this port and the next
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    if not os.path.exists(LAUNCH):
+        pytest.skip("mlx.launch is not installed beside this Python")
+    cmd = [LAUNCH, "-n", "2", "--backend", "ring", "-p", str(_free_port()), "--", sys.executable, str(WORKER), *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=Path(__file__).parent)
+
+
+def test_guidance_parallel_equals_single_process(tmp_path):
+    """DISTILLED, DEV and DEV_TWO_STAGE on two ranks: final latents and audio within 1e-6 of the
+    single-process run with the same seed, frames equal (every rank applies the same guidance to
+    the same pass outputs; the unguided stages run alike on both)."""
+    fs = _set()
+    meta = fs.manifest["e2e"]
+    r = _launch("run", str(fs.path), str(tmp_path), *PIPELINES)
+    assert "exited with code" not in r.stderr, r.stderr[-3000:]
+    for name in PIPELINES:
+        got = np.load(tmp_path / f"{name}.npz")
+        single = make_pipeline(fs, name, meta).generate(meta["prompt"], **request(fs, name, meta))
+        errors = {"video latent": rel_err(got["video_latent"], np.array(single.video_latent.astype(mx.float32))),
+                  "audio latent": rel_err(got["audio_latent"], np.array(single.audio_latent.astype(mx.float32))),
+                  "audio": rel_err(got["audio"], single.audio)}
+        print(f"\n{fs.path.name} {name}, 2 ranks vs 1: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+        assert max(errors.values()) <= 1e-6, errors
+        assert np.abs(got["frames"].astype(int) - single.frames.astype(int)).max() <= 1
+
+
+def _cli_args(fs: FixtureSet, out: Path, model: str | None = None) -> list[str]:
+    meta = fs.manifest["e2e"]
+    return ["--model", model or str(fs.checkpoint_path), "--gemma", str(fs.path / fs.manifest["gemma_dir"]),
+            "--pipeline", "dev", "--prompt", meta["prompt"], "--height", str(meta["height"]), "--width",
+            str(meta["width"]), "--num-frames", str(meta["num_frames"]), "--steps", "3", "--output", str(out),
+            "--dtype", "float32", "--parallel", "guidance",
+            "--video-stg-blocks", *map(str, meta["guiders"]["dev"]["video"]["stg_blocks"]),
+            "--audio-stg-blocks", *map(str, meta["guiders"]["dev"]["audio"]["stg_blocks"])]
+
+
+def test_a_rank_that_dies_ends_the_run(tmp_path):
+    """Rank 1 vanishes at the second guidance exchange: rank 0 ends with one message naming the
+    cause, and no output (nor a temporary one) is left."""
+    fs = _set()
+    out = tmp_path / "clip.mp4"
+    r = _launch("cli", "--die-at-step", "2", "--", *_cli_args(fs, out))
+    assert "rank 1 exited with code 3" in r.stderr, r.stderr[-3000:]
+    assert "rank 0: another rank of this run stopped or became unreachable" in r.stderr, r.stderr[-3000:]
+    assert r.stderr.count("error:") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ranks_with_different_models_are_refused(tmp_path):
+    """Rank 0 and rank 1 opened different checkpoints: both refuse before any work."""
+    fs = _set()
+    other = next((FixtureSet(d) for d in fixture_dirs() if d != fs.path), None)
+    if other is None:
+        pytest.skip("needs a second LTX-2.3 fixture set")
+    out = tmp_path / "clip.mp4"
+    r = _launch("cli", "--", *_cli_args(fs, out, f"{fs.checkpoint_path}|{other.checkpoint_path}"))
+    assert r.stderr.count("the ranks opened different models") == 2, r.stderr[-3000:]
+    assert "put the same model folder on every host" in r.stderr
+    assert list(tmp_path.iterdir()) == []
