@@ -15,6 +15,7 @@ import pytest
 from mlx.utils import tree_flatten
 from reference_data import TOL_LOOP, fixture_dirs, rel_err
 from test_e2e import ReferenceDraws, request
+from test_e2e_25 import plumbing_set
 
 from mlx_ltx import convert as conv
 from mlx_ltx import convert_split
@@ -192,10 +193,10 @@ def test_generation_from_converted_folder(fixture_set_25, tmp_path, name):
     """Pipeline.from_pretrained(converted folder) finds the text encoder, the x2 upsampler and the
     distilled LoRA in it and reproduces the reference's pipeline (golden_e2e, draws replayed): the
     same latents, bit for bit, as from the split source folder (bf16 -> bf16 changes no weight).
-    The two-stage run (the LoRA and upsampler side files) on the first 2.5 set only: suite time."""
+    The two-stage run (the LoRA and upsampler side files) on one 2.5 set only: suite time."""
     fs = fixture_set_25
-    if name != "distilled" and fs.path != fixture_dirs("2.5")[0]:
-        pytest.skip("the side files' plumbing is checked on the first 2.5 set")
+    if name != "distilled" and fs.path != plumbing_set().path:
+        pytest.skip("the side files' plumbing is checked on one 2.5 set (test_e2e_25.plumbing_set)")
     variant = "distilled" if name == "distilled" else "dev"
     release = _tree(fs, tmp_path / "release")  # a local copy: files found by their headers
     out = conv.convert(str(release), variant, str(tmp_path / "m"), upsamplers=["x2"], loras=["distilled"],
@@ -247,6 +248,8 @@ def test_quantized_conversion_from_files(fixture_set_25, tmp_path):
     from mlx_ltx.models.transformer import LTXModel
 
     fs = fixture_set_25
+    if fs.path != plumbing_set().path:
+        pytest.skip("quantized conversion is plumbing: checked on one 2.5 set (test_e2e_25.plumbing_set)")
     files = [str(fs.file(r)) for r in fs.manifest["files"] if r != "text_encoder"]
     out = conv.convert(files, "dev", str(tmp_path / "q8"), quantize="q8", text_encoder=str(fs.file("text_encoder")),
                        text_encoder_quantize="q8", group_size=32, hash_sources=False, progress=lambda m: None)

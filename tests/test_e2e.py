@@ -10,12 +10,14 @@ as diagnostics of where a difference starts.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections import deque
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from reference_data import TOL_F32, TOL_LOOP, rel_err
+from reference_data import TOL_F32, TOL_LOOP, fixture_dirs, rel_err
 
 from mlx_ltx.conditioning import ImageConditioningInput
 from mlx_ltx.guidance import MultiModalGuiderParams
@@ -93,21 +95,37 @@ def request(fixture_set, name: str, meta: dict) -> dict:
     return kw
 
 
+@contextlib.contextmanager
+def observed_frames(pipe: Pipeline):
+    """The float frames [f, H, W, 3] of the pipeline's own video decode, chunk by chunk, as it runs
+    (``generate`` hands back uint8 frames)."""
+    decoded: list[np.ndarray] = []
+    real = pipe.iter_video_frames
+
+    def observe(*args, **kwargs):
+        for chunk in real(*args, **kwargs):
+            decoded.append(chunk)
+            yield chunk
+
+    pipe.iter_video_frames = observe
+    try:
+        yield decoded
+    finally:
+        del pipe.iter_video_frames
+
+
 def whole_pipeline_errors(fs, name: str, pipe: Pipeline, g: dict, meta: dict) -> dict[str, float]:
     """``pipe.generate`` with the reference's draws replayed: relative errors of the final latents,
     the decoded frames and the waveform (also used by the LTX-2.5 test)."""
     p = f"{name}."
     draws = ReferenceDraws(g, name)
-    result = pipe.generate(meta["prompt"], noise=draws, sde_noise=draws.sde, **request(fs, name, meta))
+    with observed_frames(pipe) as decoded:  # generate returns uint8 frames: keep its own float ones
+        result = pipe.generate(meta["prompt"], noise=draws, sde_noise=draws.sde, **request(fs, name, meta))
     assert draws.left() == {}, f"the reference drew more than the port: {draws.left()}"
     errors = {"video latent": rel_err(result.video_latent, g[p + "decode.video.latent"]),
               "audio latent": rel_err(result.audio_latent, g[p + "decode.audio.latent"])}
-
-    # frames: float, through the same decoder path with the decoder draws replayed once more
-    frames = np.concatenate(list(pipe.iter_video_frames(
-        result.video_latent, noise=ReferenceDraws(g, name, sites=("decoder",)).decoder)), axis=0)
     ref_frames = g[p + "out.frames_u16"].astype(np.float64) / 65535.0
-    errors["frames"] = rel_err(frames, ref_frames)
+    errors["frames"] = rel_err(np.concatenate(decoded, axis=0), ref_frames)
     # generate's uint8 frames are those frames rounded
     assert np.abs(result.frames.astype(int) - np.round(ref_frames * 255).astype(int)).max() <= 1
 
@@ -173,7 +191,11 @@ def test_stage_outputs_match_reference(fixture_set, name):
 
 def test_streamed_pipeline_matches_eager(fixture_set):
     """dev-two-stage with the transformer streamed block by block (the distilled LoRA fused per
-    block as it is read) gives the eager run's latents and frames bit for bit."""
+    block as it is read) gives the eager run's latents and frames bit for bit. On the sets with the
+    released structures (``real*``; the toy ones add no key layout of their own), or the one
+    ``MLX_LTX_REFERENCE_DIR`` names."""
+    if not fixture_set.variant.startswith("real") and len(fixture_dirs()) > 1:
+        pytest.skip("streaming is checked on the sets with the released block structures")
     g, meta = e2e(fixture_set)
     name = "dev-two-stage"
     results = []
