@@ -65,15 +65,6 @@ def init_parallel(mode: str | None = "guidance") -> ParallelGroup | None:
     return ParallelGroup(group, mode or "guidance")
 
 
-def broadcast_bytes(parallel: ParallelGroup, data: bytes | None) -> bytes:
-    """Rank 0's ``data`` on every rank (MLX has no broadcast: a sum with zeros elsewhere)."""
-    n = parallel.all_sum(mx.array([len(data) if parallel.rank == 0 else 0], dtype=mx.int32))
-    n = int(n.item())
-    buf = mx.array(bytearray(data), dtype=mx.uint8) if parallel.rank == 0 else mx.zeros((n,), dtype=mx.uint8)
-    # uint8 sums would overflow only where two ranks are non-zero; only rank 0 is
-    return bytes(bytearray(parallel.all_sum(buf).tolist())) if n else b""
-
-
 def model_fingerprint(checkpoint) -> str:
     """A digest of what a rank will load: each file's name, size and header metadata (not its
     bytes: hashing tens of GB on every start is too slow; different weights of one name and size

@@ -183,6 +183,25 @@ def test_x0_output_type(dv):
     assert _rel(x0_dec.decode_raw(g["main.latent"], g["main.x_t_noise"]), g["x0type.chunked_eager.raw"]) < F32_TOL
 
 
+def test_one_step_x0_model_draws_per_tile(dv):
+    """A one-step x0 model has no x_t to carry between steps: as the reference's
+    ``_decode_temporal_group_isolated``, each tile draws its own noise, of its stage-5 canvas."""
+    g, dec = dv.golden, dv.decoder
+    one = DiffusionVideoDecoder(replace(dec.config, model_output_type="x0", default_num_inference_steps=1))
+    one.update(dec.parameters())
+    case = dv.manifest["decode"]["cases"]["tiled"]
+    shapes = []
+
+    def noise(shape, dtype):
+        shapes.append(tuple(shape))
+        return mx.random.normal(shape, key=mx.random.key(len(shapes)))
+
+    out = one.decode_raw(g["tiled.latent"], noise, _tiling(case))
+    assert tuple(out.shape) == tuple(case["x_t_noise_shape"])
+    assert shapes == [(1, 3, t["out"][0][1] - t["out"][0][0], t["out"][1][1] - t["out"][1][0],
+                       t["out"][2][1] - t["out"][2][0]) for t in case["tiles"]]
+
+
 def test_bfloat16_decode(dv):
     """The decoder built in bfloat16 (the pipelines' dtype; float16 blend buffer, as the reference):
     against the reference's bf16 build, within the bf16 tolerance or, on random weights that amplify
