@@ -52,12 +52,17 @@ class ParallelGroup:
         return mx.distributed.all_sum(x, group=self.group)
 
 
+# what a launcher sets in every rank's environment: mlx.launch (ring, JACCL, NCCL), mpirun
+_LAUNCHER_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
 def init_parallel(mode: str | None = "guidance") -> ParallelGroup | None:
     """The group this process belongs to (launched by ``mlx.launch``), or None when it runs alone
-    (a plain ``python -m mlx_ltx.generate`` is a group of one)."""
+    (a plain ``python -m mlx_ltx.generate`` is a group of one). Without a launcher and without an
+    explicit ``mode`` no backend is even tried."""
     if mode is not None and mode not in PARALLEL_MODES:
         raise ValueError(f"parallel mode {mode!r}; choose from {PARALLEL_MODES}")
-    if not mx.distributed.is_available():
+    if not mx.distributed.is_available() or (mode is None and not any(v in os.environ for v in _LAUNCHER_ENV)):
         return None
     group = mx.distributed.init()
     if group.size() == 1:
