@@ -133,7 +133,8 @@ def pick_video_vae(candidates: list[FileInfo], where: str, video_decoder: str | 
     """The video VAE files of the asked-for decoder kind (all when None); none of them is an error."""
     if video_decoder is not None:
         if video_decoder not in VIDEO_VAE_KINDS.values():
-            raise SplitLayoutError(f"video_decoder={video_decoder!r}; choose from {sorted(set(VIDEO_VAE_KINDS.values()))}")
+            kinds = sorted(set(VIDEO_VAE_KINDS.values()))
+            raise SplitLayoutError(f"video_decoder={video_decoder!r}; choose from {kinds}")
         chosen = [c for c in candidates if c.vae_kind == video_decoder]
         if candidates and not chosen:
             have = ", ".join(f"{os.path.basename(c.path)} ({c.vae_kind or c.vae_class})" for c in candidates)
