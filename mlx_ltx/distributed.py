@@ -7,6 +7,7 @@ full set (each pass comes from exactly one rank, the others contribute zeros, so
 x + 0 = x). Every rank then applies the same guidance arithmetic to the same numbers, so the
 states stay identical on every rank without any further exchange, and the result equals the
 single-process run's. Unguided steps (the distilled pipeline, stage 2) run on every rank alike.
+The prompt is encoded on rank 0 alone (the others never load Gemma) and its contexts shared.
 
 The engine is MLX's own: ``mlx.launch`` starts the ranks (ring over Ethernet / loopback, JACCL
 over Thunderbolt, MPI), ``mx.distributed.init()`` joins them. Collectives are lazy: every rank
@@ -68,6 +69,31 @@ def init_parallel(mode: str | None = "guidance") -> ParallelGroup | None:
     if group.size() == 1:
         return None
     return ParallelGroup(group, mode or "guidance")
+
+
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def share_from_rank0(parallel: ParallelGroup, arrays: list[mx.array | None] | None) -> list[mx.array | None]:
+    """Rank 0's ``arrays`` (None entries allowed) on every rank; the others pass None. MLX has no
+    broadcast: the shapes go first as JSON bytes, then each array is summed with zeros elsewhere,
+    which is exact (x + 0 = x)."""
+    header = b""
+    if parallel.rank == 0:
+        header = json.dumps([None if a is None else [list(a.shape), str(a.dtype).removeprefix("mlx.core.")]
+                             for a in arrays]).encode()
+    n = int(parallel.all_sum(mx.array([len(header)], dtype=mx.int32)).item())
+    raw = mx.array(bytearray(header), dtype=mx.uint8) if parallel.rank == 0 else mx.zeros((n,), dtype=mx.uint8)
+    specs = json.loads(bytes(bytearray(parallel.all_sum(raw).tolist())))  # one rank non-zero: no uint8 overflow
+    out = []
+    for i, spec in enumerate(specs):
+        if spec is None:
+            out.append(None)
+            continue
+        mine = arrays[i] if parallel.rank == 0 else mx.zeros(tuple(spec[0]), dtype=_DTYPES[spec[1]])
+        out.append(parallel.all_sum(mine))
+    mx.eval([a for a in out if a is not None])
+    return out
 
 
 def model_fingerprint(checkpoint) -> str:

@@ -243,7 +243,11 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
     def encode_prompts(self, prompt: str, negative_prompt: str | None = None, enhance_prompt: bool = False,
                        seed: int = 42) -> Contexts:
         """Positive (and, for guided pipelines, negative) contexts in one Gemma pass; in low-memory
-        mode the whole text encoder is dropped afterwards."""
+        mode the whole text encoder is dropped afterwards. With several ranks only rank 0 encodes."""
+        if self.parallel is not None and self.parallel.rank != 0:
+            from .distributed import share_from_rank0
+
+            return Contexts(*share_from_rank0(self.parallel, None))
         prompts = [prompt]
         if self.spec.guided:
             prompts.append(DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt)
@@ -258,13 +262,12 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
                 self._text_encoder = None
                 del te
                 _release()
-        cast = (lambda x: x.astype(self.dtype))
-        pos = encoded[0]
-        if len(encoded) == 1:
-            return Contexts(cast(pos.video_encoding), cast(pos.audio_encoding))
-        neg = encoded[1]
-        return Contexts(cast(pos.video_encoding), cast(pos.audio_encoding), cast(neg.video_encoding),
-                        cast(neg.audio_encoding))
+        contexts = Contexts(*(e.astype(self.dtype) for p in encoded for e in (p.video_encoding, p.audio_encoding)))
+        if self.parallel is not None:
+            from .distributed import share_from_rank0
+
+            share_from_rank0(self.parallel, list(contexts))
+        return contexts
 
     # ----------------------------------------------------------------- diffusion
     def denoise(self, contexts: Contexts, num_frames: int, height: int, width: int, fps: float, *,

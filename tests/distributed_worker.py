@@ -45,6 +45,7 @@ def run(set_dir: str, out_dir: str, names: list[str]) -> int:
                      audio=result.audio)
         else:
             assert result.frames is None and result.path is None  # only rank 0 decodes and writes
+            assert pipe._text_encoder is None  # nor does it load the text encoder: rank 0's contexts
     return 0
 
 
