@@ -352,18 +352,23 @@ def _rank_prefix() -> str:
     return f"rank {rank}: " if rank is not None else ""
 
 
+def _path_strengths(parser: argparse.ArgumentParser, pairs, flag: str) -> list[tuple[str, float]]:
+    """``flag PATH STRENGTH`` values as (path, float), a non-number STRENGTH a usage error."""
+    out = []
+    for path, strength in pairs:
+        try:
+            out.append((path, float(strength)))
+        except ValueError:
+            parser.error(f"{flag} {path} {strength}: STRENGTH must be a number")
+    return out
+
+
 def _ic_lora_args(parser: argparse.ArgumentParser, args) -> dict:
     """--video-conditioning / --conditioning-attention-strength / --conditioning-attention-mask as generate()'s
     arguments (only those given: the other pipelines refuse them)."""
     out = {}
     if args.video_conditioning:
-        controls = []
-        for path, strength in args.video_conditioning:
-            try:
-                controls.append((path, float(strength)))
-            except ValueError:
-                parser.error(f"--video-conditioning {path} {strength}: STRENGTH must be a number")
-        out["video_conditioning"] = controls
+        out["video_conditioning"] = _path_strengths(parser, args.video_conditioning, "--video-conditioning")
     if args.conditioning_attention_strength is not None:
         out["conditioning_attention_strength"] = args.conditioning_attention_strength
     if args.conditioning_attention_mask is not None:
@@ -403,12 +408,7 @@ def _run(parser: argparse.ArgumentParser, args, images: list[ImageConditioningIn
     from .pipelines import Pipeline
     from .validation import CLI_NAMES
 
-    loras = []
-    for path, strength in args.loras:
-        try:
-            loras.append((path, float(strength)))
-        except ValueError:
-            parser.error(f"--lora {path} {strength}: STRENGTH must be a number")
+    loras = _path_strengths(parser, args.loras, "--lora")
     pipeline = Pipeline.from_pretrained(args.model, args.pipeline, gemma=args.gemma, upsampler=args.upsampler,
                                         distilled_lora=args.distilled_lora, dtype=_DTYPES[args.dtype],
                                         low_memory=not args.keep_models, memory=args.memory,

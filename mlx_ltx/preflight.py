@@ -258,8 +258,7 @@ def diffusion_decode_activation_bytes(ckpt: Checkpoint, latent_shape, budget: in
     from .models.neighborhood_attention import na_block_bytes
 
     cfg = DiffusionDecoderConfig.from_vae_section(ckpt.config.vae.raw)
-    _, _, T, H, W = latent_shape
-    thw = tuple(max(n, f) for n, f in zip((T, H, W), cfg.stage_min_tile_sizes))
+    thw = cfg.work_latent_thw(latent_shape)
     size, block = mx.zeros((), dtype).itemsize, na_block_bytes(dtype)
     tiling = diffusion_tiling.auto_tiling(cfg, thw, budget, size, block)
     F, Hp, Wp = (thw[0] - 1) * VIDEO_SCALE[0] + 1, thw[1] * VIDEO_SCALE[1], thw[2] * VIDEO_SCALE[2]

@@ -137,6 +137,10 @@ class DiffusionDecoderConfig:
             cum = tuple(c * s for c, s in zip(cum, stride))
         return tuple(max(m, -(-self.stage5_kernel[a] // cum[a])) for a, m in enumerate(mins))
 
+    def work_latent_thw(self, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The (T, H, W) a decode of ``latent_shape`` works at: raised to the size floor."""
+        return tuple(max(n, f) for n, f in zip(latent_shape[2:], self.stage_min_tile_sizes))
+
     def timesteps(self) -> np.ndarray:
         """``torch.linspace(1, 1/N, N)`` in float32, with torch's two-sided rule (the upper half is
         computed back from the end), so the values match bit for bit."""
@@ -322,16 +326,14 @@ class DiffusionVideoDecoder(nn.Module):
     def work_pixel_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
         """(B, 3, F, H, W) of the noise a decode of ``latent_shape`` needs: the padded pixel volume
         (``x_t_noise_shape`` of the reference), after the size floor."""
-        B, _, T, H, W = latent_shape
-        T, H, W = (max(n, f) for n, f in zip((T, H, W), self.config.stage_min_tile_sizes))
-        return B, self.out_channels, (T - 1) * VIDEO_SCALE[0] + 1, H * VIDEO_SCALE[1], W * VIDEO_SCALE[2]
+        T, H, W = self.config.work_latent_thw(latent_shape)
+        return latent_shape[0], self.out_channels, (T - 1) * VIDEO_SCALE[0] + 1, H * VIDEO_SCALE[1], W * VIDEO_SCALE[2]
 
     def plan_tiling(self, latent_shape: tuple[int, ...], budget: int) -> TilingConfig | None:
         """The tiling for a decode of ``latent_shape`` whose activations must stay under ``budget`` bytes
         (``diffusion_tiling.auto_tiling``; None: one tile; the smallest tiles when none fits)."""
-        work = self.work_pixel_shape(latent_shape)
-        thw = ((work[2] - 1) // VIDEO_SCALE[0] + 1, work[3] // VIDEO_SCALE[1], work[4] // VIDEO_SCALE[2])
-        return auto_tiling(self.config, thw, budget, mx.zeros((), self.dtype).itemsize, na_block_bytes(self.dtype))
+        return auto_tiling(self.config, self.config.work_latent_thw(latent_shape), budget,
+                           mx.zeros((), self.dtype).itemsize, na_block_bytes(self.dtype))
 
     def iter_decode(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
                     border: str = "chunked_eager", key: mx.array | None = None) -> Iterator[mx.array]:

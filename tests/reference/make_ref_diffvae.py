@@ -171,9 +171,9 @@ def release_decoder_sd(dec_sd: dict[str, torch.Tensor], gates: dict[str, torch.T
     return out
 
 
-def expected_folded(dec_sd: dict[str, torch.Tensor], gates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What the reference's loader must hold after the gate fold: bf16(g * W) computed in f32 (file dtype bf16)."""
-    exp = {}
+def folded_products(dec_sd: dict[str, torch.Tensor], gates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each gate-folded tensor's unrounded f32 product g * W (per output row)."""
+    out = {}
     for gk, g in gates.items():
         blk, gname = gk.rsplit(".", 1)
         target = {"gate_msa": "attn.proj", "gate_mlp": "mlp.w_down", "gate_ctx": "context_proj"}[gname]
@@ -181,9 +181,13 @@ def expected_folded(dec_sd: dict[str, torch.Tensor], gates: dict[str, torch.Tens
             if f"{blk}.{target}.{leaf}" not in dec_sd:  # mlp.w_down has no bias
                 continue
             w = dec_sd[f"{blk}.{target}.{leaf}"].float()
-            f = g[:, None] * w if w.ndim == 2 else g * w
-            exp[f"{blk}.{target}.{leaf}"] = bf16r(f)
-    return exp
+            out[f"{blk}.{target}.{leaf}"] = g[:, None] * w if w.ndim == 2 else g * w
+    return out
+
+
+def expected_folded(dec_sd: dict[str, torch.Tensor], gates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the reference's loader must hold after the gate fold: bf16(g * W) computed in f32 (file dtype bf16)."""
+    return {k: bf16r(f) for k, f in folded_products(dec_sd, gates).items()}
 
 
 def brute_na3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
@@ -468,16 +472,7 @@ def main() -> None:  # noqa: PLR0915
         report.append(f"  {name}: diff_blocks class {cls}, deferred_stage4_upsample={dec.deferred_stage4_upsample}, "
                       f"w_chunks={[m.w_chunks for m in dec.diff_blocks.modules() if isinstance(m, NeighborhoodAttention3D)]}")
     # the fold is not a no-op at bf16: how many folded values differ from the unrounded product
-    n_round = 0
-    for gk, gv in gates.items():
-        blk, gname = gk.rsplit(".", 1)
-        target = {"gate_msa": "attn.proj", "gate_mlp": "mlp.w_down", "gate_ctx": "context_proj"}[gname]
-        for leaf in ("weight", "bias"):
-            if f"{blk}.{target}.{leaf}" not in dec_sd:  # mlp.w_down has no bias
-                continue
-            w = dec_sd[f"{blk}.{target}.{leaf}"].float()
-            raw = gv[:, None] * w if w.ndim == 2 else gv * w
-            n_round += int((exp[f"{blk}.{target}.{leaf}"] != raw).sum())
+    n_round = sum(int((exp[k] != raw).sum()) for k, raw in folded_products(dec_sd, gates).items())
     report.append(f"gate fold: {n_round} of {sum(v.numel() for v in exp.values())} folded values change under the "
                   "bf16 cast-back (a port folding in f32 without it is off by one bf16 rounding there)")
 
