@@ -99,14 +99,17 @@ def run_passes(model, video_state: LatentState | None, audio_state: LatentState 
     Each sample carries its own perturbation keep mask, so batched and one-by-one calls agree.
     ``cache``: where the batched calls' tiled positions and masks are kept between steps.
     ``parallel`` (a ``distributed.ParallelGroup``): this rank runs its share of the passes and every
-    rank gets all outputs (fewer passes than ranks: every rank runs them all)."""
-    if parallel is not None and len(passes) >= parallel.size:
+    rank gets all outputs (``splits_passes``), or it runs every pass over its share of the video tokens."""
+    sequence = None
+    if parallel is not None and parallel.splits_passes(len(passes)):
         from .distributed import share_pass_outputs
 
         mine = [p for i, p in enumerate(passes) if parallel.mine(i)]
         out = run_passes(model, video_state, audio_state, sigma, mine, max_batch_size, video_enabled,
                          audio_enabled, cache)
         return share_pass_outputs(parallel, [p[0] for p in passes], out)
+    if parallel is not None:
+        sequence = parallel.sequence
     batch = (video_state or audio_state).latent.shape[0]
     per_call = len(passes) if max_batch_size is None else max(1, max_batch_size // batch)
     out: dict[str, tuple[mx.array | None, mx.array | None]] = {}
@@ -122,7 +125,7 @@ def run_passes(model, video_state: LatentState | None, audio_state: LatentState 
                                                mx.concatenate([p[2] for p in chunk], axis=0), sigma, audio_enabled)
         configs = [p[3] for p in chunk for _ in range(batch)]
         perturbations = None if all(not c.perturbations for c in configs) else configs
-        den_v, den_a = model.denoise(video, audio, perturbations)
+        den_v, den_a = model.denoise(video, audio, perturbations, sequence)
         for j, p in enumerate(chunk):
             out[p[0]] = (den_v[j * batch:(j + 1) * batch] if den_v is not None else None,
                          den_a[j * batch:(j + 1) * batch] if den_a is not None else None)
@@ -132,14 +135,16 @@ def run_passes(model, video_state: LatentState | None, audio_state: LatentState 
 class SimpleDenoiser:
     """One conditioned transformer call, no guidance (distilled stages, stage 2)."""
 
-    def __init__(self, v_context: mx.array | None, a_context: mx.array | None):
+    def __init__(self, v_context: mx.array | None, a_context: mx.array | None, parallel=None):
         self.v_context = v_context
         self.a_context = a_context
+        self.parallel = parallel  # distributed.ParallelGroup: the one pass runs sequence-parallel
 
     def __call__(self, model, video_state: LatentState | None, audio_state: LatentState | None,
                  sigma: float, step_index: int) -> Results:
         passes: list[Pass] = [("cond", self.v_context, self.a_context, PerturbationConfig.empty())]
-        den_v, den_a = run_passes(model, video_state, audio_state, sigma, passes, max_batch_size=None)["cond"]
+        den_v, den_a = run_passes(model, video_state, audio_state, sigma, passes, max_batch_size=None,
+                                  parallel=self.parallel)["cond"]
         return (DenoisedLatentResult(den_v) if den_v is not None else None,
                 DenoisedLatentResult(den_a) if den_a is not None else None)
 

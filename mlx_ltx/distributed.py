@@ -1,13 +1,25 @@
-"""Several processes (Macs) as one generation over ``mlx.core.distributed``: guidance-parallel.
+"""Several processes (Macs) as one generation over ``mlx.core.distributed``: guidance-parallel and
+sequence-parallel.
 
-A guided step runs up to four transformer passes on the same latent: conditioned, negative
+Guidance-parallel: a guided step runs up to four transformer passes on the same latent: conditioned, negative
 prompt, STG (skipped self-attention blocks) and modality isolation. With N ranks each rank runs
 the passes ``i`` with ``i % N == rank`` and the outputs are summed across ranks into every rank's
 full set (each pass comes from exactly one rank, the others contribute zeros, so the sum is exact:
 x + 0 = x). Every rank then applies the same guidance arithmetic to the same numbers, so the
 states stay identical on every rank without any further exchange, and the result equals the
-single-process run's. Unguided steps (the distilled pipeline, stage 2) run on every rank alike.
-The prompt is encoded on rank 0 alone (the others never load Gemma) and its contexts shared.
+single-process run's, bit for bit.
+
+Sequence-parallel (``models/sequence_parallel.py``): every pass runs on every rank, each over its
+share of the video tokens, with the keys and values gathered inside attention and the velocities
+gathered at the end. Activations per rank shrink by about the number of ranks, so a clip too long
+for one Mac's memory fits two; the result equals one process's up to the GEMMs' rounding order.
+
+The mode (``--parallel``): "guidance" splits the passes of a step that has at least one per rank and
+runs the others (the distilled pipeline, stage 2: one pass) sequence-parallel; "sequence" splits
+every pass by tokens; "auto" is guidance unless its memory plan does not fit and sequence's does
+(``memory_policy.plan_memory``). The prompt is encoded on rank 0 alone (the others never load
+Gemma) and its contexts shared; the tiles of the video decode are divided among the ranks
+(:class:`TileSharing`) and only rank 0 writes.
 
 The engine is MLX's own: ``mlx.launch`` starts the ranks (ring over Ethernet / loopback, JACCL
 over Thunderbolt, MPI), ``mx.distributed.init()`` joins them. Collectives are lazy: every rank
@@ -20,6 +32,7 @@ Ranks started with different model files are refused before any work (:func:`che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,15 +40,31 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-PARALLEL_MODES = ("guidance",)
+from .models.sequence_parallel import SequenceParallel
+
+PARALLEL_MODES = ("guidance", "sequence", "auto")
 
 
 @dataclass(frozen=True)
 class ParallelGroup:
-    """The ranks of one generation and how they share the work."""
+    """The ranks of one generation and how they share the work (``mode`` "auto" is resolved per
+    request by the memory plan into "guidance" or "sequence")."""
 
     group: object  # mx.distributed.Group
     mode: str = "guidance"
+
+    @functools.cached_property
+    def sequence(self) -> SequenceParallel:
+        """The transformer's sequence-parallel state for this group (one per group: its cache of the
+        stage inputs' shares lives as long as the group)."""
+        return SequenceParallel(self.group)
+
+    def splits_passes(self, passes: int) -> bool:
+        """Whether a step of ``passes`` guidance passes is shared out by passes (else by tokens)."""
+        return self.mode != "sequence" and passes >= self.size
+
+    def resolved(self, mode: str) -> ParallelGroup:
+        return self if mode == self.mode else ParallelGroup(self.group, mode)
 
     @property
     def rank(self) -> int:

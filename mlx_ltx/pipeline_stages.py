@@ -287,10 +287,10 @@ def make_denoiser(stage: StageSpec, contexts: Contexts, video_params: MultiModal
                   audio_params: MultiModalGuiderParams, max_batch_size: int | None = 1, video: bool = True,
                   parallel=None):
     """``video=False``: the stage has no video stream (text-to-audio: no video context, no video guider);
-    ``parallel``: the ``distributed.ParallelGroup`` a guided stage shares its passes with."""
+    ``parallel``: the ``distributed.ParallelGroup`` a stage shares its passes or its tokens with."""
     vc, ac = (contexts.video if video else None), contexts.audio
     if stage.denoiser is DenoiserKind.SIMPLE:
-        return SimpleDenoiser(vc, ac)
+        return SimpleDenoiser(vc, ac, parallel)
     # a pipeline with its own audio guider has no negative audio context (PipelineSpec.audio_guidance);
     # the denoiser refuses an unconditioned pass that would need one
     if (video and contexts.video_negative is None) or (contexts.audio_negative is None and not video):

@@ -1,11 +1,14 @@
 """One rank of the guidance-parallel tests (tests/test_distributed.py), started by ``mlx.launch``.
 
-    mlx.launch -n 2 --backend ring -- python tests/distributed_worker.py run SET OUT PIPELINE...
+    mlx.launch -n 2 --backend ring -- python tests/distributed_worker.py run SET OUT MODE PIPELINE...
+    mlx.launch -n 3 --backend ring -- python tests/distributed_worker.py transformer SET OUT
     mlx.launch -n 2 --backend ring -- python tests/distributed_worker.py cli [--die-at-step K] -- GENERATE ARGS...
 
 ``run``: each pipeline generates the fixture set's e2e request (its seed, no injected draws) with
-the guided passes shared across the ranks; rank 0 saves the latents, frames and waveform to
-``OUT/<pipeline>.npz``. ``cli``: ``python -m mlx_ltx.generate`` with its arguments; a ``--model``
+the work shared across the ranks in parallel MODE (guidance / sequence); rank 0 saves the latents,
+frames and waveform to ``OUT/<pipeline>.npz``. ``transformer``: the transformer goldens (per-token
+timesteps, appended guiding tokens under a self-attention mask, the batched STG / modality passes)
+run sequence-parallel; every rank saves its outputs to ``OUT/transformer.rank<R>.npz``. ``cli``: ``python -m mlx_ltx.generate`` with its arguments; a ``--model``
 value ``A|B`` gives rank 0 model A and the other ranks B (the mismatch test); ``--die-at-step K``
 makes rank 1 vanish (``os._exit``) when the ranks exchange guidance outputs for the K-th time.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 RANK = int(os.environ.get("MLX_RANK", "0"))
 
 
-def run(set_dir: str, out_dir: str, names: list[str]) -> int:
+def run(set_dir: str, out_dir: str, mode: str, names: list[str]) -> int:
     import mlx.core as mx
     from reference_data import FixtureSet
     from test_e2e import make_pipeline, request
@@ -32,9 +36,10 @@ def run(set_dir: str, out_dir: str, names: list[str]) -> int:
 
     fs = FixtureSet(Path(set_dir))
     meta = fs.manifest["e2e"]
-    parallel = init_parallel("guidance")
+    parallel = init_parallel(mode)
     assert parallel is not None and parallel.size >= 2, "launch with mlx.launch -n 2"
     for name in names:
+        log = count_exchanges()
         pipe = make_pipeline(fs, name, meta)
         check_same_model(parallel, pipe.checkpoint)
         pipe.parallel = parallel
@@ -42,10 +47,69 @@ def run(set_dir: str, out_dir: str, names: list[str]) -> int:
         if parallel.rank == 0:
             np.savez(Path(out_dir) / f"{name}.npz", video_latent=np.array(result.video_latent.astype(mx.float32)),
                      audio_latent=np.array(result.audio_latent.astype(mx.float32)), frames=result.frames,
-                     audio=result.audio)
+                     audio=result.audio, tokens=np.array(log["tokens"]).reshape(-1, 2),
+                     passes=np.array(log["passes"]).reshape(-1, 2))
         else:
             assert result.frames is None and result.path is None  # only rank 0 decodes and writes
             assert pipe._text_encoder is None  # nor does it load the text encoder: rank 0's contexts
+    return 0
+
+
+def count_exchanges() -> dict[str, list]:
+    """Record every exchange from now on: "tokens", (this rank's tokens, all tokens) of each sequence-
+    parallel gather; "passes", (passes run here, all passes) of each guidance-parallel share."""
+    from mlx_ltx import distributed
+    from mlx_ltx.models import sequence_parallel
+
+    log = {"tokens": [], "passes": []}
+    gather, share = sequence_parallel.SequenceShards.gather, distributed.share_pass_outputs
+
+    def counted_gather(self, x, axis):
+        log["tokens"].append((x.shape[axis], sum(self.counts)))
+        return gather(self, x, axis)
+
+    def counted_share(parallel, names, outputs):
+        log["passes"].append((len(outputs), len(names)))
+        return share(parallel, names, outputs)
+
+    sequence_parallel.SequenceShards.gather = counted_gather
+    distributed.share_pass_outputs = counted_share
+    return log
+
+
+def transformer(set_dir: str, out_dir: str) -> int:
+    import mlx.core as mx
+    from reference_data import FixtureSet
+    from test_transformer import _dev_passes, _keyframe_call, _tile, golden, model_for, modality
+
+    from mlx_ltx.distributed import init_parallel
+
+    fs = FixtureSet(Path(set_dir))
+    sp = init_parallel("sequence").sequence
+    shares = count_exchanges()["tokens"]
+    model = model_for(fs, mx.float32)
+    out = {}
+    g = golden(fs, "transformer")
+    v = modality(g["in.video.latent"], g["in.sigma"], g["in.video.timesteps"], g["in.video.positions"],
+                 g["in.video.context"], mx.float32)
+    a = modality(g["in.audio.latent"], g["in.sigma"], g["in.audio.timesteps"], g["in.audio.positions"],
+                 g["in.audio.context"], mx.float32)
+    out["out.video"], out["out.audio"] = model(v, a, None, sp)
+    gp = golden(fs, "pipeline")
+    out["keyframe.video"], out["keyframe.audio"] = _keyframe_call(
+        gp, "s100_attn50", 0, mx.float32, SimpleNamespace(denoise=lambda v, a: model.denoise(v, a, None, sp)))
+    passes = _dev_passes(gp)
+    n, sigma = len(passes), gp["dev.sigmas"][0:1]
+    vl, al = gp["dev.in.video.noise"], gp["dev.in.audio.noise"]
+    ctx = {s: np.concatenate([gp[f"in.{s}.context_negative" if neg else f"in.{s}.context"] for _, neg, _ in passes])
+           for s in ("video", "audio")}
+    v = modality(_tile(vl, n), np.repeat(sigma, n), np.full((n, vl.shape[1]), sigma[0], np.float32),
+                 _tile(gp["video.positions"], n), ctx["video"], mx.float32)
+    a = modality(_tile(al, n), np.repeat(sigma, n), np.full((n, al.shape[1]), sigma[0], np.float32),
+                 _tile(gp["audio.positions"], n), ctx["audio"], mx.float32)
+    out["passes.video"], out["passes.audio"] = model.denoise(v, a, [p for _, _, p in passes], sp)
+    np.savez(Path(out_dir) / f"transformer.rank{RANK}.npz", shares=np.array(shares),
+             **{k: np.array(x) for k, x in out.items()})
     return 0
 
 
@@ -76,4 +140,6 @@ def cli(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
-    sys.exit(run(rest[0], rest[1], rest[2:]) if mode == "run" else cli(rest))
+    if mode == "run":
+        sys.exit(run(rest[0], rest[1], rest[2], rest[3:]))
+    sys.exit(transformer(*rest) if mode == "transformer" else cli(rest))

@@ -1,6 +1,7 @@
-"""Guidance-parallel generation over mlx.distributed (mlx_ltx/distributed.py): two ranks launched
-by ``mlx.launch -n 2 --backend ring`` over loopback (tests/distributed_worker.py), against the
-single-process run of the same request; a rank that dies mid-run; ranks given different models.
+"""Guidance- and sequence-parallel generation over mlx.distributed (mlx_ltx/distributed.py,
+models/sequence_parallel.py): ranks launched by ``mlx.launch --backend ring`` over loopback
+(tests/distributed_worker.py), against the single-process run of the same request and the
+reference's transformer goldens; a rank that dies mid-run; ranks given different models.
 
 ``mlx.launch`` exits 0 even when a rank fails (it reports ``[WARN] Node with rank N exited with
 code X`` on stderr), so the failure tests read the ranks' messages and the files left behind."""
@@ -17,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from reference_data import FixtureSet, fixture_dirs, rel_err
+from reference_data import TOL_F32, FixtureSet, fixture_dirs, rel_err
 from test_e2e import make_pipeline, request
 
 WORKER = Path(__file__).parent / "distributed_worker.py"
@@ -44,31 +45,73 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _launch(*args: str, timeout: int = 300, ranks: int = 2) -> subprocess.CompletedProcess:
     if not os.path.exists(LAUNCH):
         pytest.skip("mlx.launch is not installed beside this Python")
-    cmd = [LAUNCH, "-n", "2", "--backend", "ring", "-p", str(_free_port()), "--", sys.executable, str(WORKER), *args]
+    cmd = [LAUNCH, "-n", str(ranks), "--backend", "ring", "-p", str(_free_port()), "--", sys.executable, str(WORKER), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=Path(__file__).parent)
 
 
-def test_guidance_parallel_equals_single_process(tmp_path):
-    """DISTILLED, DEV and DEV_TWO_STAGE on two ranks: final latents and audio within 1e-6 of the
-    single-process run with the same seed, frames equal (every rank applies the same guidance to
-    the same pass outputs; the unguided stages run alike on both)."""
+@pytest.mark.parametrize("mode", ["guidance", "sequence"])
+def test_parallel_equals_single_process(tmp_path, mode):
+    """DISTILLED, DEV and DEV_TWO_STAGE on two ranks: final latents and audio equal the single-process
+    run with the same seed, within 1e-6 for guidance-parallel (every rank applies the same guidance to
+    the same pass outputs) and the f32 parity tolerance for sequence-parallel (each rank's queries
+    attend to the gathered keys), frames within one code value. Guidance mode shares the guided
+    steps' passes and runs the one-pass steps (distilled, stage 2) sequence-parallel."""
     fs = _set()
     meta = fs.manifest["e2e"]
-    r = _launch("run", str(fs.path), str(tmp_path), *PIPELINES)
+    r = _launch("run", str(fs.path), str(tmp_path), mode, *PIPELINES)
     assert "exited with code" not in r.stderr, r.stderr[-3000:]
     for name in PIPELINES:
         got = np.load(tmp_path / f"{name}.npz")
+        tokens, passes = got["tokens"], got["passes"]
+        one_pass_steps = name != "dev"  # distilled; dev-two-stage's stage 2
+        assert (len(tokens) > 0) == (mode == "sequence" or one_pass_steps), "which steps split the tokens"
+        assert (tokens[:, 0] < tokens[:, 1]).all()
+        guided = name != "distilled"
+        assert (len(passes) > 0) == (guided and mode == "guidance"), passes
+        assert (passes[:, 0] < passes[:, 1]).all()
         single = make_pipeline(fs, name, meta).generate(meta["prompt"], **request(fs, name, meta))
         errors = {"video latent": rel_err(got["video_latent"], np.array(single.video_latent.astype(mx.float32))),
                   "audio latent": rel_err(got["audio_latent"], np.array(single.audio_latent.astype(mx.float32))),
                   "audio": rel_err(got["audio"], single.audio)}
         print(f"\n{fs.path.name} {name}, 2 ranks vs 1: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-        assert max(errors.values()) <= 1e-6, errors
+        assert max(errors.values()) <= (1e-6 if mode == "guidance" else TOL_F32), errors
         assert np.abs(got["frames"].astype(int) - single.frames.astype(int)).max() <= 1
+
+
+def test_sequence_parallel_transformer(tmp_path):
+    """The transformer on four ranks, each with a share of the video tokens (18 tokens: shares of
+    5, 5, 4, 4): the per-token-timestep forward, appended guiding tokens under a self-attention mask
+    and the batched STG / modality passes match the reference's goldens at the f32 tolerance, and
+    every rank returns the same whole-sequence outputs."""
+    fs = _set()
+    r = _launch("transformer", str(fs.path), str(tmp_path), ranks=4)
+    assert "exited with code" not in r.stderr, r.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"transformer.rank{i}.npz") for i in range(4)]
+    g, gp = fs.golden("transformer"), fs.golden("pipeline")
+    from test_transformer import _dev_passes
+
+    got = ranks[0]
+    expected = {"out.video": g["out.video"], "out.audio": g["out.audio"],
+                "keyframe.video": gp["keyframe.s100_attn50.step0.video.denoised"],
+                "keyframe.audio": gp["keyframe.s100_attn50.step0.audio.denoised"]}
+    for i, (name, _, _) in enumerate(_dev_passes(gp)):
+        expected[f"passes.{name}.video"] = gp[f"dev.step0.video.{name}"]
+        expected[f"passes.{name}.audio"] = gp[f"dev.step0.audio.{name}"]
+        got = dict(got, **{f"passes.{name}.video": ranks[0]["passes.video"][i:i + 1],
+                           f"passes.{name}.audio": ranks[0]["passes.audio"][i:i + 1]})
+    errors = {k: rel_err(got[k], v) for k, v in expected.items()}
+    print(f"\n{fs.path.name}, 4 ranks vs the reference: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) <= TOL_F32, errors
+    for other in ranks[1:]:
+        for k in ("out.video", "out.audio", "keyframe.video", "passes.video", "passes.audio"):
+            assert np.array_equal(other[k], ranks[0][k]), k
+    for i, rank in enumerate(ranks):
+        shares = rank["shares"]
+        assert len(shares) and (shares[:, 0] < shares[:, 1]).all(), f"rank {i} ran the whole sequence"
 
 
 def _cli_args(fs: FixtureSet, out: Path, model: str | None = None) -> list[str]:

@@ -8,6 +8,8 @@ Layout notes that differ from a textbook transformer:
   concatenated), applied before the heads are split and before RoPE.
 * Gated attention (LTX-2.3): ``to_gate_logits`` reads the attention *input* and scales each
   head's output by ``2·sigmoid(logit)`` before ``to_out``.
+* Sequence parallelism (``sequence_parallel.py``): ``kv_gather`` hands this rank's keys and values
+  (after norm and RoPE) to the other ranks and returns the whole sequence's, before the SDPA.
 * STG perturbation replaces the attention output by the value projection (``to_v(context)``);
   gating and ``to_out`` still apply. A per-sample keep mask blends ``out·m + v·(1−m)``,
   which is exact for m ∈ {0, 1}, so batched and one-by-one guidance passes agree.
@@ -70,6 +72,7 @@ class Attention(nn.Module):
         k_pe: tuple[mx.array, mx.array] | None = None,
         perturbation_mask: mx.array | None = None,
         all_perturbed: bool = False,
+        kv_gather=None,
     ) -> mx.array:
         context = x if context is None else context
         v = self.to_v(context)
@@ -83,6 +86,8 @@ class Attention(nn.Module):
                 # float32 cos/sin (a caller's precision choice) rotate in float32, then round once
                 q = apply_split_rotary_emb(q, *pe).astype(vh.dtype)
                 k = apply_split_rotary_emb(k, *(pe if k_pe is None else k_pe)).astype(vh.dtype)
+            if kv_gather is not None:
+                k, vh = kv_gather(k, vh)
             if mask is not None:
                 mask = mask.astype(q.dtype)
             out = mx.fast.scaled_dot_product_attention(q, k, vh, scale=1.0 / math.sqrt(self.dim_head), mask=mask)

@@ -29,6 +29,7 @@ from .adaln import AdaLayerNormSingle, adaln_embedding_coefficient
 from .block_streaming import BLOCK_PREFIX, BlockStreamer
 from .attention import Attention, FeedForward, PixArtAlphaTextProjection, rms_norm
 from .rope import check_rope_type
+from .sequence_parallel import SequenceParallel
 from .transformer_args import (
     AdaVectors,
     MAX_DISTINCT_TIMESTEPS,
@@ -136,7 +137,8 @@ class BasicAVTransformerBlock(nn.Module):
                                                       q_args.cross_gate_timestep, row)
         kv_scale, kv_shift = get_ada_values(kv_table[:4], kv_args.cross_scale_shift_timestep, row, row + 2)
         out = attn(ada(q_x, self.norm_eps, q_scale, q_shift), context=ada(kv_x, self.norm_eps, kv_scale, kv_shift),
-                   pe=q_args.cross_positional_embeddings, k_pe=kv_args.cross_positional_embeddings) * gate
+                   pe=q_args.cross_positional_embeddings, k_pe=kv_args.cross_positional_embeddings,
+                   kv_gather=kv_args.kv_gather) * gate
         if q_args.cross_attn_perturbation_mask is not None:
             out = out * q_args.cross_attn_perturbation_mask
         return out
@@ -147,7 +149,7 @@ class BasicAVTransformerBlock(nn.Module):
         shift, scale, gate = get_ada_values(table, args.timesteps, 0, 3)
         out = attn1(ada(x, self.norm_eps, scale, shift), pe=args.positional_embeddings,
                     mask=args.self_attention_mask, perturbation_mask=args.self_attn_perturbation_mask,
-                    all_perturbed=args.self_attn_all_perturbed)
+                    all_perturbed=args.self_attn_all_perturbed, kv_gather=args.kv_gather)
         x = x + out * gate  # PytorchPostSAFunction: the residual, then its RMS norm for attn2
         return x + self._text_cross_attention(rms_norm(x, self.norm_eps), args, attn2, table, prompt_table)
 
@@ -329,14 +331,23 @@ class LTXModel(nn.Module):
         video: Modality | None,
         audio: Modality | None,
         perturbations: BatchedPerturbationConfig | list[PerturbationConfig] | None = None,
+        sequence_parallel: SequenceParallel | None = None,
     ) -> tuple[mx.array | None, mx.array | None]:
         """Velocities (video [B, T, C], audio [B, Ta, Ca]); a stream passed as None gives None.
-        ``perturbations``: one ``PerturbationConfig`` per batch element (or a batched config)."""
+        ``perturbations``: one ``PerturbationConfig`` per batch element (or a batched config);
+        ``sequence_parallel``: this rank runs its share of the video tokens (``sequence_parallel.py``)
+        and every rank returns the whole velocities."""
         if video is None and audio is None:
             raise ValueError("LTXModel needs at least one of video or audio")
+        shards = None
+        if sequence_parallel is not None and sequence_parallel.applies(video):
+            shards = sequence_parallel.shards(video)
+            video = sequence_parallel.tile_modality(video, shards)
         video_pre, audio_pre = self._preprocessors()
         video_args = video_pre.prepare(video, audio) if video is not None else None
         audio_args = audio_pre.prepare(audio, video) if audio is not None else None
+        if shards is not None:
+            video_args = replace(video_args, kv_gather=shards.gather_kv)
         if isinstance(perturbations, (list, tuple)):
             perturbations = BatchedPerturbationConfig(list(perturbations), self.num_blocks)
         if perturbations is not None:
@@ -365,14 +376,17 @@ class LTXModel(nn.Module):
                 mx.eval([t for t in (vx, ax) if t is not None])
         vout = (self._process_output(self.scale_shift_table, self.proj_out, video_args.x, video_args.embedded_timestep)
                 if video_args is not None else None)
+        if shards is not None:
+            vout = shards.gather(vout, axis=1)
         aout = (self._process_output(self.audio_scale_shift_table, self.audio_proj_out, audio_args.x,
                                      audio_args.embedded_timestep) if audio_args is not None else None)
         return vout, aout
 
     def denoise(self, video: Modality | None, audio: Modality | None,
-                perturbations: BatchedPerturbationConfig | list[PerturbationConfig] | None = None):
+                perturbations: BatchedPerturbationConfig | list[PerturbationConfig] | None = None,
+                sequence_parallel: SequenceParallel | None = None):
         """``X0Model``: the denoised latents (per-token ``latent − velocity·timesteps``)."""
-        vel_v, vel_a = self(video, audio, perturbations)
+        vel_v, vel_a = self(video, audio, perturbations, sequence_parallel)
         den_v = to_denoised(video.latent, vel_v, video.timesteps) if vel_v is not None else None
         den_a = to_denoised(audio.latent, vel_a, audio.timesteps) if vel_a is not None else None
         return den_v, den_a

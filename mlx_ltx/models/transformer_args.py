@@ -154,6 +154,8 @@ class TransformerArgs:
     self_attn_all_perturbed: bool = False
     cross_attn_perturbation_mask: mx.array | None = None
     cross_attn_skip_all: bool = False
+    # sequence parallelism: this stream's tokens are one rank's share; gathers K/V (SequenceShards.gather_kv)
+    kv_gather: object | None = None
 
 
 def with_block_perturbations(
