@@ -86,10 +86,48 @@ class ParallelGroup:
 _LAUNCHER_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
-def init_parallel(mode: str | None = "guidance") -> ParallelGroup | None:
+def agree_min(parallel: ParallelGroup, value: int) -> int:
+    """The smallest ``value`` (bytes) of all ranks, in whole MiB: every rank then plans alike (memory mode,
+    parallel mode, decode tiles), which the shared collectives need, within the smallest Mac's memory."""
+    mib = mx.distributed.all_gather(mx.array([value >> 20], dtype=mx.int32), group=parallel.group)
+    return max(int(mib.min().item()), 1) << 20
+
+
+class ParallelPipeline:
+    """Mixin of :class:`~mlx_ltx.pipelines.Pipeline`: the ranks it runs on (``parallel``, None alone)."""
+
+    _parallel: ParallelGroup | None = None
+
+    @property
+    def parallel(self) -> ParallelGroup | None:
+        return self._parallel
+
+    @parallel.setter
+    def parallel(self, group: ParallelGroup | None) -> None:
+        """Join ``group`` (every rank at once: it exchanges the memory budgets)."""
+        self._parallel = group
+        if group is not None:
+            self.memory_budget = agree_min(group, self.memory_budget)
+
+    def request_parallel(self, plan) -> ParallelGroup | None:
+        """The group with the mode this request's memory plan (``memory_policy.MemoryPlan``) resolved;
+        without a plan "auto" is guidance."""
+        group = self._parallel
+        if group is None:
+            return None
+        mode = plan.parallel if plan is not None and plan.parallel is not None else group.mode
+        return group.resolved("guidance" if mode == "auto" else mode)
+
+    @property
+    def lead(self) -> bool:
+        """Whether this process reports, decodes the audio and writes: rank 0, or a process alone."""
+        return self._parallel is None or self._parallel.rank == 0
+
+
+def init_parallel(mode: str | None = "auto") -> ParallelGroup | None:
     """The group this process belongs to (launched by ``mlx.launch``), or None when it runs alone
     (a plain ``python -m mlx_ltx.generate`` is a group of one). Without a launcher and without an
-    explicit ``mode`` no backend is even tried."""
+    explicit ``mode`` no backend is even tried; under a launcher ``mode`` None means "auto"."""
     if mode is not None and mode not in PARALLEL_MODES:
         raise ValueError(f"parallel mode {mode!r}; choose from {PARALLEL_MODES}")
     if not mx.distributed.is_available() or (mode is None and not any(v in os.environ for v in _LAUNCHER_ENV)):
@@ -97,7 +135,7 @@ def init_parallel(mode: str | None = "guidance") -> ParallelGroup | None:
     group = mx.distributed.init()
     if group.size() == 1:
         return None
-    return ParallelGroup(group, mode or "guidance")
+    return ParallelGroup(group, mode or "auto")
 
 
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -173,6 +211,27 @@ def peer_lost(error: BaseException) -> bool:
     if isinstance(error, RunAbandoned):
         return True
     return isinstance(error, RuntimeError) and "peer" in str(error).lower() and "lost" in str(error).lower()
+
+
+class TileSharing:
+    """The tiles of one tiled video decode divided among the ranks: tile ``i`` is decoded by rank
+    ``i % N``. The decoders (``vae_tiling.tiled_apply``, ``DiffusionVideoDecoder.iter_decode``) decode a
+    temporal group's own tiles first, so the ranks work at the same time, then exchange the group's
+    tiles in tile order (each tile summed with the others' zeros: exact, as for the passes), so every
+    rank blends the same tiles in the same order as one process does: the frames are bit-identical.
+    Every rank still makes every tile's random draws, in order, so the noise streams stay aligned."""
+
+    def __init__(self, parallel: ParallelGroup):
+        self.parallel = parallel
+
+    def mine(self, index: int) -> bool:
+        return self.parallel.mine(index)
+
+    def exchange(self, index: int, tile: mx.array | None, shape: tuple[int, ...]) -> mx.array:
+        """Tile ``index`` on every rank, in float32 (what the blending reads; exact from bf16 too):
+        ``tile`` from its owner (None elsewhere) of ``shape``."""
+        mine = tile.astype(mx.float32) if tile is not None else mx.zeros(shape, dtype=mx.float32)
+        return self.parallel.all_sum(mine)
 
 
 def share_pass_outputs(parallel: ParallelGroup, names: list[str],

@@ -193,9 +193,12 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     shown.add_argument("--quiet", "-q", action="store_true",
                        help="print nothing but errors and the final 'wrote ...' line")
     par = p.add_argument_group("several Macs (launch with mlx.launch; README \"Several Macs\")")
-    par.add_argument("--parallel", choices=("guidance",), default=None,
+    par.add_argument("--parallel", choices=("guidance", "sequence", "auto"), default=None,
                      help="how the ranks of an mlx.launch run share the work: guidance (each rank runs its share "
-                          "of a guided step's transformer passes; default when launched on several ranks)")
+                          "of a guided step's transformer passes, one-pass steps split by tokens), sequence (every "
+                          "pass split by video tokens: about 1/N of the activations per rank, for clips one Mac "
+                          "cannot hold), auto (guidance unless only sequence fits the memory; the default under "
+                          "mlx.launch). The tiles of the video decode are divided among the ranks either way")
     mem = p.add_argument_group("memory")
     mem.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="weights and latents")
     mem.add_argument("--keep-models", action="store_true",
@@ -265,6 +268,8 @@ class _Reporter:
                          f", predicted peak {format_bytes(st.predicted_peak)} ({st.predicted_peak_phase})")
             passes = "" if st.video_guidance is None else f", guidance passes {st.passes_per_call} per call"
             self._err(f"memory    transformer {st.memory}{passes}{predicted}")
+        if st.parallel is not None:
+            self._err(f"parallel  {st.parallel[0]} on {st.parallel[1]} ranks (tiles of the video decode divided)")
         if self.output:
             self._err(f"output    {self.output}")
 

@@ -113,6 +113,7 @@ class MemoryPlan:
     memory: str
     passes_per_call: int
     prediction: object | None = None  # preflight.MemoryPrediction
+    parallel: str | None = None  # several ranks: "guidance" or "sequence" (distributed.py)
 
 
 def plan_memory(pipeline, height: int, width: int, num_frames: int, fps: float, audio: bool,
@@ -123,32 +124,40 @@ def plan_memory(pipeline, height: int, width: int, num_frames: int, fps: float, 
     instead of once per pass, and small calls underuse a GPU; on the CPU backend an eager batched
     step measures about 4 % slower than one pass at a time, bench/results).
     ``memory`` "eager" / "stream" fixes the mode. Nothing fits: :class:`~mlx_ltx.preflight.PreflightError`
-    with advice; ``preflight=False`` skips the prediction (eager for "auto", passes one by one)."""
+    with advice; ``preflight=False`` skips the prediction (eager for "auto", passes one by one).
+    Several ranks (``pipeline.parallel``): the prediction is one rank's; parallel mode "auto" tries
+    guidance-parallel (no exchange inside a forward) before sequence-parallel (about 1/N of the
+    activations per rank), each with every memory candidate, so sequence is chosen only when it is
+    what makes the request fit."""
     if memory not in MEMORY_CHOICES:
         raise ValueError(f"memory={memory!r}; choose one of {MEMORY_CHOICES}")
+    group = getattr(pipeline, "parallel", None)
     if not preflight:
-        return unplanned(memory)
+        return unplanned(memory, group)
     from .preflight import check_fits, predict_peak
 
     passes = max_guidance_passes(pipeline.spec)
     modes = ("eager", "stream") if memory == "auto" else (memory,)
-    candidates = [(m, b) for m in modes for b in dict.fromkeys((passes, 1))]
+    shares = [None] if group is None else ["guidance", "sequence"] if group.mode == "auto" else [group.mode]
+    candidates = [(p, m, b) for p in shares for m in modes for b in dict.fromkeys((passes, 1))]
     common = dict(fps=fps, dtype=pipeline.dtype, audio=audio, keep_models=not pipeline.low_memory,
                   gemma=pipeline.gemma, upsampler=pipeline.upsampler_path, distilled_lora=pipeline.distilled_lora_path,
-                  decode_budget=pipeline.decode_budget())
+                  decode_budget=pipeline.decode_budget(), ranks=1 if group is None else group.size)
     prediction = None
-    for mode, batch in candidates:
+    for share, mode, batch in candidates:
         prediction = predict_peak(pipeline.checkpoint, pipeline.spec.name, height, width, num_frames, memory=mode,
-                                  passes_per_call=batch, **common)
+                                  passes_per_call=batch, parallel=share or "guidance", **common)
         if prediction.peak <= pipeline.memory_budget:
-            return MemoryPlan(mode, batch, prediction)
+            return MemoryPlan(mode, batch, prediction, share)
     # the leanest candidate does not fit either: check_fits raises, with the advice
-    return MemoryPlan(mode, batch, check_fits(prediction, pipeline.memory_budget))
+    return MemoryPlan(mode, batch, check_fits(prediction, pipeline.memory_budget), share)
 
 
-def unplanned(memory: str) -> MemoryPlan:
-    """The plan without a prediction: eager for "auto", guidance passes one by one."""
-    return MemoryPlan("eager" if memory == "auto" else memory, 1)
+def unplanned(memory: str, group=None) -> MemoryPlan:
+    """The plan without a prediction: eager for "auto", guidance passes one by one, several ranks
+    guidance-parallel for "auto"."""
+    share = None if group is None else "guidance" if group.mode == "auto" else group.mode
+    return MemoryPlan("eager" if memory == "auto" else memory, 1, None, share)
 
 
 def max_guidance_passes(spec) -> int:

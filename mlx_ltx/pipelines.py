@@ -28,6 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from .conditioning import ImageConditioningInput
+from .distributed import ParallelPipeline, share_from_rank0
 from .generations import check_buildable, check_lora_generation, describe
 from .guidance import DEFAULT_NEGATIVE_PROMPT, MultiModalGuiderParams
 from .loading import Checkpoint
@@ -87,7 +88,7 @@ def _side_file(checkpoint: Checkpoint, kind: str, name: str) -> str | None:
     return os.path.join(checkpoint.path, rel) if rel else None
 
 
-class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
+class Pipeline(RequestValidation, PipelineModels, PipelineDecoding, ParallelPipeline):
     """One of the four pipelines over one checkpoint. Build with :meth:`from_pretrained`."""
 
     # how validation errors name generate()'s arguments: as themselves by default; the CLI sets
@@ -114,8 +115,6 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             raise ValueError(f"diffvae_border must be one of {DIFFVAE_BORDERS}; got {diffvae_border!r}")
         #: the diffusion video decoder's stage-5 border mode (models/diffusion_video_decoder.py)
         self.diffvae_border = diffvae_border
-        #: the ranks sharing this generation's guided passes (distributed.ParallelGroup), None alone
-        self.parallel = None
         self.memory = memory
         self.preflight = bool(preflight)
         self._plan: MemoryPlan | None = None
@@ -244,9 +243,7 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
                        seed: int = 42) -> Contexts:
         """Positive (and, for guided pipelines, negative) contexts in one Gemma pass; in low-memory
         mode the whole text encoder is dropped afterwards. With several ranks only rank 0 encodes."""
-        if self.parallel is not None and self.parallel.rank != 0:
-            from .distributed import share_from_rank0
-
+        if not self.lead:
             return Contexts(*share_from_rank0(self.parallel, None))
         prompts = [prompt]
         if self.spec.guided:
@@ -264,8 +261,6 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
                 _release()
         contexts = Contexts(*(e.astype(self.dtype) for p in encoded for e in (p.video_encoding, p.audio_encoding)))
         if self.parallel is not None:
-            from .distributed import share_from_rank0
-
             share_from_rank0(self.parallel, list(contexts))
         return contexts
 
@@ -310,7 +305,7 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             video_params=video_guider_params or self.params.video_guider_params,
             audio_params=audio_guider_params or self.params.audio_guider_params,
             dtype=self.dtype, sigmas=sigmas, sde_noise=sde_noise, max_batch_size=max_batch_size, trace=trace,
-            progress=progress, on_stage=on_stage, parallel=self.parallel)
+            progress=progress, on_stage=on_stage, parallel=self.request_parallel(self._plan))
         if tracker is not None:
             tracker.end()
         return video, audio
@@ -462,7 +457,7 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             plan.memory if plan is not None else None, plan.passes_per_call if plan is not None else None,
             plan.prediction.peak if plan is not None and plan.prediction is not None else None,
             plan.prediction.phase if plan is not None and plan.prediction is not None else None,
-            loras=self.loras)
+            loras=self.loras, parallel=None if (g := self.request_parallel(plan)) is None else (g.mode, g.size))
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, fps, seed, num_inference_steps, images,
                   output_path, audio, wav_path, enhance_prompt, video_guider_params, audio_guider_params, progress,
@@ -480,10 +475,10 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding):
             self._lora_strength = None
             _release()
         frames = waveform = rate = None
-        if self.parallel is not None and self.parallel.rank != 0:  # the other ranks' work ends with the latents
-            return GenerationResult(frames, waveform, rate, fps, None, video_latent, audio_latent)
-        if self.spec.video:
+        if self.spec.video:  # several ranks: each decodes its share of the tiles, rank 0 gets the frames
             frames = self.decode_video(video_latent, noise=lambda shape, dtype: noise(shape, dtype, "decoder"))
+        if not self.lead:  # the other ranks' work ends here
+            return GenerationResult(None, waveform, rate, fps, None, video_latent, audio_latent)
         if audio:
             if self.spec.audio_output is not None:  # a2vid: the input waveform passes through, no decode
                 from .stage_inputs import imported

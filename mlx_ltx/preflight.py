@@ -104,6 +104,8 @@ class MemoryRequest:
     quantize: str | None = None  # predict as if converted with --quantize q8 / q4
     cpu: bool = True
     decode_budget: int | None = None  # the tiled decode's planning budget (default: half the device)
+    ranks: int = 1  # processes sharing the generation (distributed.py)
+    parallel: str = "guidance"  # how they share it: guidance (passes; one-pass steps by tokens) or sequence
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,12 @@ def _gemma_widths(gemma) -> tuple[int, int]:
 # activations
 
 def transformer_activation_bytes(tc, video_tokens: int, audio_tokens: int, context: int, batch: int,
-                                 dtype: mx.Dtype, cpu: bool = True) -> int:
-    """Working set of one transformer call (``tc`` a ``TransformerConfig``), weights excluded."""
+                                 dtype: mx.Dtype, cpu: bool = True, ranks: int = 1) -> int:
+    """Working set of one transformer call (``tc`` a ``TransformerConfig``), weights excluded.
+    ``ranks`` > 1: sequence-parallel, this rank's share of the video tokens plus the gathered keys
+    and values of the whole sequence (models/sequence_parallel.py)."""
     s = dtype.size
+    key_tokens, video_tokens = video_tokens, -(-video_tokens // ranks)
     dv, da = tc.inner_dim, tc.audio_inner_dim
     layout = "2.3" if tc.cross_attention_adaln else "19B"
     tokens = video_tokens * dv + audio_tokens * da
@@ -210,12 +215,19 @@ def transformer_activation_bytes(tc, video_tokens: int, audio_tokens: int, conte
     scores = 0
     if cpu:  # the widest attention's (heads, Tq, Tk): self, text cross or A/V cross
         hv, ha = tc.num_attention_heads, tc.audio_num_attention_heads
-        scores = max(hv * video_tokens * max(video_tokens, context), ha * audio_tokens * max(audio_tokens, context),
-                     ha * video_tokens * audio_tokens)
+        scores = max(hv * video_tokens * max(key_tokens, context), ha * audio_tokens * max(audio_tokens, context),
+                     ha * max(video_tokens, key_tokens) * audio_tokens)
     # inputs: latents, float32 positions and timesteps, per token and stream
     io = (video_tokens * (tc.in_channels * (s + 4) + 3 * 2 * 4 + 8)
           + audio_tokens * (tc.audio_in_channels * (s + 4) + 2 * 4 + 8))
-    return int(batch * (work + s * CPU_SCORE_COPIES * scores + io))
+    # sequence-parallel: the whole sequence's K/V (self-attention and V2A widths), padded shares + gathered
+    gathered = 0 if ranks == 1 else 2 * 2 * key_tokens * (dv + _av_width(tc)) * s
+    return int(batch * (work + s * CPU_SCORE_COPIES * scores + io + gathered))
+
+
+def _av_width(tc) -> int:
+    """The A/V cross-attention's inner width (the audio heads)."""
+    return tc.audio_num_attention_heads * tc.audio_attention_head_dim
 
 
 @functools.lru_cache(maxsize=8)
@@ -295,12 +307,14 @@ def predict_peak(checkpoint: Checkpoint | str, pipeline: str, height: int, width
                  fps: float = 24.0, dtype: mx.Dtype = mx.bfloat16, memory: str = "eager", passes_per_call: int = 1,
                  audio: bool = True, keep_models: bool = False, gemma: str | None = None,
                  upsampler: str | None = None, distilled_lora: str | None = None, quantize: str | None = None,
-                 device: mx.Device | None = None, decode_budget: int | None = None) -> MemoryPrediction:
+                 device: mx.Device | None = None, decode_budget: int | None = None, ranks: int = 1,
+                 parallel: str = "guidance") -> MemoryPrediction:
     """The peak memory of one ``generate`` call, before anything loads. ``passes_per_call``: guidance
     passes batched per transformer call in guided stages (1..4; unguided stages run 1); ``keep_models``:
     the pipeline keeps its models between calls (``low_memory=False``: steady state of a second call);
     ``quantize``: as if converted with ``--quantize``; ``decode_budget``: the tile planner's budget
-    (default half the device memory, as the pipeline)."""
+    (default half the device memory, as the pipeline); ``ranks`` / ``parallel``: one rank's peak when
+    that many share the generation in that mode (distributed.py)."""
     from .models.vae_tiling import default_memory_budget
     from .pipeline_stages import PIPELINES
 
@@ -314,7 +328,8 @@ def predict_peak(checkpoint: Checkpoint | str, pipeline: str, height: int, width
     device = mx.default_device() if device is None else device
     req = MemoryRequest(ckpt, pipeline, height, width, num_frames, float(fps), dtype, memory, int(passes_per_call),
                         audio, keep_models, gemma, upsampler, distilled_lora, quantize,
-                        device.type == mx.cpu, default_memory_budget() if decode_budget is None else decode_budget)
+                        device.type == mx.cpu, default_memory_budget() if decode_budget is None else decode_budget,
+                        int(ranks), parallel)
     return _predict(req)
 
 
@@ -374,8 +389,13 @@ def _predict(req: MemoryRequest) -> MemoryPrediction:
     for i, stage in enumerate(spec.stages):
         lat = VideoLatentShape.from_pixel_shape(req.num_frames, req.height // stage.size_divisor,
                                                 req.width // stage.size_divisor, cfg.vae.latent_channels, sf)
-        batch = 1 if stage.denoiser is DenoiserKind.SIMPLE else max(1, min(4, req.passes_per_call))
-        act = transformer_activation_bytes(tc, lat.token_count(), audio_tokens, L, batch, dt, req.cpu)
+        passes = 1 if stage.denoiser is DenoiserKind.SIMPLE else 4
+        batch = max(1, min(passes, req.passes_per_call))
+        split_passes = req.ranks > 1 and req.parallel != "sequence" and passes >= req.ranks
+        if split_passes:  # each rank runs its share of the passes, whole
+            batch = min(batch, -(-passes // req.ranks))
+        act = transformer_activation_bytes(tc, lat.token_count(), audio_tokens, L, batch, dt, req.cpu,
+                                           1 if split_passes else req.ranks)
         weights = resident_transformer + (kept if req.keep_models else 0)
         if stage.distilled_lora is not None and req.memory == "eager" and not req.keep_models:
             weights += lora_file  # loaded for the fusion, kept until the stages end
@@ -433,6 +453,8 @@ def advice(prediction: MemoryPrediction, budget: int) -> list[str]:
     if prediction.phase == "video_decode" and describe(req.checkpoint).video_decoder == "diffusion":
         out.append(f"The diffusion video decoder's activations are the peak: --video-decoder conv decodes with the "
                    f"release's convolutional VAE file ({RELEASE_NAMES['video_vae_conv']}) in far less.")
+    if req.ranks > 1 and req.parallel != "sequence" and (p := _fits(req, budget, parallel="sequence")):
+        out.append(f"--parallel sequence fits (predicted {p.peak / GB:.1f} GB per rank).")
     if req.memory == "eager" and (p := _fits(req, budget, memory="stream")):
         out.append(f"--memory stream fits (predicted {p.peak / GB:.1f} GB).")
     if not req.checkpoint.quantization and req.quantize is None:  # the first that fits, as little changed as can be

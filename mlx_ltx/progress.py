@@ -57,6 +57,8 @@ class GenerationSettings:
     predicted_seconds: float | None = None
     # the user LoRAs fused in every stage, ((path, strength), ...)
     loras: tuple[tuple[str, float], ...] = ()
+    # several ranks: (how they share the work, "guidance" / "sequence", and how many there are)
+    parallel: tuple[str, int] | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

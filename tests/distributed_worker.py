@@ -27,6 +27,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 RANK = int(os.environ.get("MLX_RANK", "0"))
 
 
+def smallest_decode_tiles(pipe) -> None:
+    """The video decode planned for a 1-byte budget: its smallest tiles (several on the tiny sets)."""
+    pipe.decode_budget = lambda: 1
+
+
 def run(set_dir: str, out_dir: str, mode: str, names: list[str]) -> int:
     import mlx.core as mx
     from reference_data import FixtureSet
@@ -40,15 +45,19 @@ def run(set_dir: str, out_dir: str, mode: str, names: list[str]) -> int:
     assert parallel is not None and parallel.size >= 2, "launch with mlx.launch -n 2"
     for name in names:
         log = count_exchanges()
+        tiled = name.endswith("+tiles")  # "<pipeline>+tiles": decoded in its smallest tiles, divided among the ranks
+        name = name.removesuffix("+tiles")
         pipe = make_pipeline(fs, name, meta)
+        if tiled:
+            smallest_decode_tiles(pipe)
         check_same_model(parallel, pipe.checkpoint)
         pipe.parallel = parallel
         result = pipe.generate(meta["prompt"], **request(fs, name, meta))
         if parallel.rank == 0:
-            np.savez(Path(out_dir) / f"{name}.npz", video_latent=np.array(result.video_latent.astype(mx.float32)),
+            np.savez(Path(out_dir) / f"{name}{'+tiles' if tiled else ''}.npz", video_latent=np.array(result.video_latent.astype(mx.float32)),
                      audio_latent=np.array(result.audio_latent.astype(mx.float32)), frames=result.frames,
                      audio=result.audio, tokens=np.array(log["tokens"]).reshape(-1, 2),
-                     passes=np.array(log["passes"]).reshape(-1, 2))
+                     passes=np.array(log["passes"]).reshape(-1, 2), tiles=np.array(log["tiles"]).reshape(-1, 2))
         else:
             assert result.frames is None and result.path is None  # only rank 0 decodes and writes
             assert pipe._text_encoder is None  # nor does it load the text encoder: rank 0's contexts
@@ -62,7 +71,15 @@ def count_exchanges() -> dict[str, list]:
     from mlx_ltx.models import sequence_parallel
 
     log = {"tokens": [], "passes": []}
+    log["tiles"] = []
     gather, share = sequence_parallel.SequenceShards.gather, distributed.share_pass_outputs
+    exchange = distributed.TileSharing.exchange
+
+    def counted_exchange(self, index, tile, shape):
+        log["tiles"].append((index, tile is not None))
+        return exchange(self, index, tile, shape)
+
+    distributed.TileSharing.exchange = counted_exchange
 
     def counted_gather(self, x, axis):
         log["tokens"].append((x.shape[axis], sum(self.counts)))
@@ -113,6 +130,37 @@ def transformer(set_dir: str, out_dir: str) -> int:
     return 0
 
 
+def diffusion_decode(set_dir: str, out_dir: str) -> int:
+    """LTX-2.5's diffusion video decoder over the ranks: the set's tiled e2e golden latent decoded with the
+    reference's tiling and injected draw, the tiles divided among the ranks; every rank saves its frames."""
+    import mlx.core as mx
+    from reference_data import FixtureSet25
+    from test_e2e_25 import diffusion_vae_folder, e2e
+
+    from mlx_ltx.distributed import TileSharing, init_parallel
+    from mlx_ltx.models.vae_tiling import AxisTiling, TilingConfig
+    from mlx_ltx.pipelines import Pipeline
+
+    fs = FixtureSet25(Path(set_dir).resolve())
+    g, _ = e2e(fs)
+    gd = fs.golden("e2e_diffvae")
+    tiled = fs.manifest["diffusion_vae"]["tiled"]
+    name, t = tiled["pipeline"], tiled["tiling"]
+    parallel = init_parallel("guidance")
+    log = count_exchanges()
+    folder = Path(out_dir) / f"rank{RANK}"
+    folder.mkdir()
+    pipe = Pipeline.from_pretrained(diffusion_vae_folder(fs, folder), name, dtype=mx.float32)
+    pipe.parallel = parallel
+    x_t = mx.array(gd[f"{name}.decoder_draw"])
+    cfg = TilingConfig(*(AxisTiling(t[a]["tile_size"], t[a]["overlap"]) for a in ("frames", "height", "width")))
+    latent = mx.array(g[f"{name}.decode.video.latent"])
+    frames = np.concatenate(list(pipe.iter_video_frames(latent, noise=lambda shape, dtype: x_t.astype(dtype),
+                                                        tiling=cfg, sharing=TileSharing(parallel))))
+    np.savez(Path(out_dir) / f"diffusion_decode.rank{RANK}.npz", frames=frames, tiles=np.array(log["tiles"]))
+    return 0
+
+
 def cli(argv: list[str]) -> int:
     from mlx_ltx import distributed
     from mlx_ltx.generate import main
@@ -142,4 +190,5 @@ if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
     if mode == "run":
         sys.exit(run(rest[0], rest[1], rest[2], rest[3:]))
-    sys.exit(transformer(*rest) if mode == "transformer" else cli(rest))
+    modes = {"transformer": transformer, "diffusion-decode": diffusion_decode}
+    sys.exit(modes[mode](*rest) if mode in modes else cli(rest))

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from reference_data import TOL_F32, FixtureSet, fixture_dirs, rel_err
+from reference_data import TOL_F32, TOL_LOOP, FixtureSet, FixtureSet25, fixture_dirs, rel_err
 from test_e2e import make_pipeline, request
 
 WORKER = Path(__file__).parent / "distributed_worker.py"
@@ -112,6 +112,56 @@ def test_sequence_parallel_transformer(tmp_path):
     for i, rank in enumerate(ranks):
         shares = rank["shares"]
         assert len(shares) and (shares[:, 0] < shares[:, 1]).all(), f"rank {i} ran the whole sequence"
+
+
+def test_video_decode_tiles_divided(tmp_path):
+    """The conv video decode in its smallest tiles (8 on the tiny set), divided among two ranks: each
+    decodes every other tile, and the frames equal the single-process decode with the same tiles."""
+    from distributed_worker import smallest_decode_tiles
+
+    fs = _set()
+    meta = fs.manifest["e2e"]
+    r = _launch("run", str(fs.path), str(tmp_path), "guidance", "distilled+tiles")
+    assert "exited with code" not in r.stderr, r.stderr[-3000:]
+    got = np.load(tmp_path / "distilled+tiles.npz")
+    tiles = got["tiles"]
+    assert len(tiles) >= 2 and tiles[:, 1].sum() == (len(tiles) + 1) // 2, tiles  # rank 0: tiles 0, 2, 4, ...
+    pipe = make_pipeline(fs, "distilled", meta)
+    smallest_decode_tiles(pipe)
+    single = pipe.generate(meta["prompt"], **request(fs, "distilled", meta))
+    assert np.array_equal(got["frames"], single.frames)
+
+
+def test_diffusion_decode_tiles_divided(tmp_path):
+    """LTX-2.5's diffusion video decoder with the reference's tiling, its tiles divided among two ranks:
+    both ranks' frames equal the single-process tiled decode's and match the reference's tiled golden."""
+    from test_e2e_25 import diffusion_vae_folder, e2e
+
+    from mlx_ltx.models.vae_tiling import AxisTiling, TilingConfig
+    from mlx_ltx.pipelines import Pipeline
+
+    dirs = [d for d in fixture_dirs("2.5") if "diffusion_vae" in FixtureSet25(d).manifest]
+    if not dirs:
+        pytest.skip("no LTX-2.5 fixture set with a diffusion video VAE")
+    fs = FixtureSet25(min(dirs, key=lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())))
+    r = _launch("diffusion-decode", str(fs.path), str(tmp_path))
+    assert "exited with code" not in r.stderr, r.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"diffusion_decode.rank{i}.npz") for i in range(2)]
+    assert ranks[0]["tiles"][:, 1].sum() >= 1 and ranks[1]["tiles"][:, 1].sum() >= 1
+    g, _ = e2e(fs)
+    gd = fs.golden("e2e_diffvae")
+    tiled = fs.manifest["diffusion_vae"]["tiled"]
+    name, t = tiled["pipeline"], tiled["tiling"]
+    pipe = Pipeline.from_pretrained(diffusion_vae_folder(fs, tmp_path), name, dtype=mx.float32)
+    cfg = TilingConfig(*(AxisTiling(t[a]["tile_size"], t[a]["overlap"]) for a in ("frames", "height", "width")))
+    x_t = mx.array(gd[f"{name}.decoder_draw"])
+    single = np.concatenate(list(pipe.iter_video_frames(mx.array(g[f"{name}.decode.video.latent"]),
+                                                        noise=lambda shape, dtype: x_t.astype(dtype), tiling=cfg)))
+    for rank in ranks:
+        assert np.array_equal(rank["frames"], single)
+    err = rel_err(ranks[0]["frames"], gd[f"tiled.{name}.out.frames_u16"].astype(np.float64) / 65535.0)
+    print(f"\n{fs.path.name} {name} diffusion decode, tiles on 2 ranks vs the reference: {err:.1e}")
+    assert err <= TOL_LOOP
 
 
 def _cli_args(fs: FixtureSet, out: Path, model: str | None = None) -> list[str]:

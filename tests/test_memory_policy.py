@@ -162,3 +162,63 @@ def test_generate_reports_plan_and_phase_peaks(setup):
     assert seen[-1].phase_peaks == result.phase_peaks
     with pytest.raises(ValueError, match="memory"):
         _pipe(setup, memory="fast")
+
+
+class _Ranks:
+    """A stand-in for ``distributed.ParallelGroup`` (what the plan reads: mode, size, resolved)."""
+
+    def __init__(self, mode: str, size: int = 2):
+        self.mode, self.size = mode, size
+
+    def resolved(self, mode: str):
+        return _Ranks(mode, self.size)
+
+
+def _parallel_prediction(p: Pipeline, parallel: str, ranks: int = 2, memory: str = "eager", passes: int = 4):
+    from mlx_ltx.preflight import predict_peak
+
+    frames, h, w = PLAN_SIZE
+    return predict_peak(p.checkpoint, p.spec.name, h, w, frames, fps=24, dtype=p.dtype, memory=memory,
+                        passes_per_call=passes, audio=True, keep_models=p.keeps_models, gemma=p.gemma,
+                        decode_budget=p.decode_budget(), ranks=ranks, parallel=parallel)
+
+
+def test_parallel_predictions_per_rank(ltx22b):
+    """One rank's transformer activations: guidance-parallel on 2 ranks runs 2 of the 4 passes per call,
+    sequence-parallel about half the tokens (plus the gathered keys and values) for every pass."""
+    p = _pipe22b(ltx22b)
+    one = _prediction(p, "eager", 4).phases["stage1"]
+    guidance = _parallel_prediction(p, "guidance").phases["stage1"]
+    sequence = _parallel_prediction(p, "sequence").phases["stage1"]
+    assert one.weights == guidance.weights == sequence.weights  # every rank holds the weights
+    assert guidance.activations == _prediction(p, "eager", 2).phases["stage1"].activations
+    assert 0.45 < sequence.activations / one.activations < 0.7, sequence.activations / one.activations
+    four = _parallel_prediction(p, "sequence", ranks=4).phases["stage1"]
+    assert four.activations < sequence.activations
+
+
+def test_plan_parallel_auto_takes_sequence_only_when_it_alone_fits(ltx22b):
+    """Several ranks, mode "auto": guidance-parallel while some guidance candidate fits, sequence-parallel
+    when only it does; a fixed mode is kept; a refusal names --parallel sequence when that fits."""
+    from mlx_ltx.preflight import PreflightError
+
+    p = _pipe22b(ltx22b)
+    p._parallel = _Ranks("auto")
+    p.memory_budget = HUGE
+    assert (_plan(p).parallel, _plan(p).passes_per_call) == ("guidance", 4)
+    p.memory_budget = 12 * 2**30  # (the decode's tiles are planned for half of it)
+    assert _parallel_prediction(p, "guidance", memory="stream", passes=1).peak > p.memory_budget
+    plan = _plan(p)
+    assert plan.parallel == "sequence" and plan.prediction.peak <= p.memory_budget
+    assert plan.prediction.peak == _parallel_prediction(p, "sequence", memory=plan.memory,
+                                                        passes=plan.passes_per_call).peak
+    assert p.request_parallel(plan).mode == "sequence"
+    p._parallel = _Ranks("guidance")
+    with pytest.raises(PreflightError, match="--parallel sequence fits"):
+        _plan(p)
+    p._parallel = _Ranks("sequence")
+    assert _plan(p).parallel == "sequence"
+    off = _plan(p, preflight=False)
+    assert off.parallel == "sequence"
+    p._parallel = _Ranks("auto")
+    assert p.request_parallel(_plan(p, preflight=False)).mode == "guidance"

@@ -336,13 +336,15 @@ class DiffusionVideoDecoder(nn.Module):
                            mx.zeros((), self.dtype).itemsize, na_block_bytes(self.dtype))
 
     def iter_decode(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
-                    border: str = "chunked_eager", key: mx.array | None = None) -> Iterator[mx.array]:
+                    border: str = "chunked_eager", key: mx.array | None = None, sharing=None) -> Iterator[mx.array]:
         """Decode, yielding the blended pixels ``(B, 3, f, H, W)`` (raw ``[−1, 1]`` scale, cropped to the
         latent's own size) chunk by chunk in frame order (``_decode_pixels``). Stages 1–3 run once;
         stages 4–5 per tile of ``tiling`` (None: one tile). ``noise``: the sampler's start, standard
         normal over :meth:`work_pixel_shape` — an array, or ``noise(shape, dtype)`` called once (the
         reference's one ``torch.randn`` from the pipeline generator), or None (``key`` / the global RNG).
-        A one-step x0 model draws per tile instead, as the reference."""
+        A one-step x0 model draws per tile instead, as the reference. ``sharing``
+        (``distributed.TileSharing``): the tiles are divided among the ranks, every rank drawing every
+        tile's noise in order."""
         if border not in BORDERS:
             raise ValueError(f"border={border!r}; expected one of {BORDERS}")
         cfg = self.config
@@ -385,24 +387,34 @@ class DiffusionVideoDecoder(nn.Module):
             x = x[:, :, :, h0:h0 + H * VIDEO_SCALE[1], w0:w0 + W * VIDEO_SCALE[2]]
             return mx.array(np.ascontiguousarray(x)).astype(self.dtype)
 
+        def tile_pixels(tile, run: bool = True) -> mx.array | None:
+            """The tile's decoded pixels, channels-last, over its output region (``run=False``: only its draw)."""
+            t0, t1 = tile.s4[0].start, tile.s4[0].stop
+            pad_trailing = t1 == s4[0]
+            content = (t1 - t0, tile.s4[1].stop - tile.s4[1].start, tile.s4[2].stop - tile.s4[2].start)
+            canvas = stage5_canvas(cfg, content, tile.is_origin, pad_trailing)
+            if per_tile:
+                x_t = draw((B, self.out_channels, *canvas)).transpose(0, 2, 3, 4, 1)
+            elif run:
+                x_t = x_init[:, tile.out[0], tile.out[1], tile.out[2]]
+                for axis, size, mode in zip((1, 2, 3), canvas, ("repeat_last", "symmetric", "symmetric")):
+                    x_t, _ = resize_axis(x_t, axis, size, mode)
+            if not run:
+                return None
+            feat_tile = feat[:, t0:feat.shape[1] if pad_trailing else t1, tile.s4[1], tile.s4[2]]
+            out = self.decode_tile(feat_tile, x_t, tile.is_origin, pad_trailing, border)
+            out, _ = resize_axis(out, 1, tile.out[0].stop - tile.out[0].start, "repeat_last")
+            return out
+
         prev: tuple[np.ndarray, int] | None = None
+        first = 0
         for group in group_by_frames(tiles):
             g0, g1 = group[0].out[0].start, group[0].out[0].stop
             buf = np.zeros((B, self.out_channels, g1 - g0, *work_shape[3:]), dtype=acc)
-            for tile in group:
-                t0, t1 = tile.s4[0].start, tile.s4[0].stop
-                pad_trailing = t1 == s4[0]
-                feat_tile = feat[:, t0:feat.shape[1] if pad_trailing else t1, tile.s4[1], tile.s4[2]]
-                content = (t1 - t0, tile.s4[1].stop - tile.s4[1].start, tile.s4[2].stop - tile.s4[2].start)
-                canvas = stage5_canvas(cfg, content, tile.is_origin, pad_trailing)
-                if per_tile:
-                    x_t = draw((B, self.out_channels, *canvas)).transpose(0, 2, 3, 4, 1)
-                else:
-                    x_t = x_init[:, tile.out[0], tile.out[1], tile.out[2]]
-                    for axis, size, mode in zip((1, 2, 3), canvas, ("repeat_last", "symmetric", "symmetric")):
-                        x_t, _ = resize_axis(x_t, axis, size, mode)
-                out = self.decode_tile(feat_tile, x_t, tile.is_origin, pad_trailing, border)
-                out, _ = resize_axis(out, 1, tile.out[0].stop - tile.out[0].start, "repeat_last")
+            outs = (map(tile_pixels, group) if sharing is None or len(tiles) == 1
+                    else self._shared_tiles(tile_pixels, group, first, sharing, B))
+            first += len(group)
+            for tile, out in zip(group, outs):
                 px = np.array(out.astype(mx.float32)).astype(acc).astype(np.float32).transpose(0, 4, 1, 2, 3)
                 mask = tile.masks[0][:, None, None] * tile.masks[1][:, None] * tile.masks[2][None, :]
                 region = buf[:, :, :, tile.out[1], tile.out[2]]
@@ -420,6 +432,19 @@ class DiffusionVideoDecoder(nn.Module):
         chunk = emit(*prev)
         if chunk is not None:
             yield chunk
+
+    def _shared_tiles(self, tile_pixels, group, first: int, sharing, B: int):
+        """A temporal group's tiles divided among the ranks (``distributed.TileSharing``): this rank's
+        decoded first, every tile's draw made in order, then the tiles exchanged in order."""
+        own = {}
+        for i, tile in enumerate(group):
+            mine = sharing.mine(first + i)
+            own[i] = tile_pixels(tile, run=mine)
+            if mine:
+                mx.eval(own[i])
+        for i, tile in enumerate(group):
+            shape = (B, *(s.stop - s.start for s in tile.out), self.out_channels)
+            yield sharing.exchange(first + i, own.pop(i), shape)
 
     def decode_raw(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
                    border: str = "chunked_eager", key: mx.array | None = None) -> mx.array:

@@ -166,11 +166,15 @@ def _axis_weights(tiles, out_len: int) -> np.ndarray:
     return w
 
 
-def tiled_apply(decode_fn: Callable[[tuple], mx.array], latent_shape, scale_factors: tuple[int, int, int],
-                tiling: TilingConfig | None, out_channels: int) -> Iterator[mx.array]:
+def tiled_apply(decode_fn: Callable[..., mx.array | None], latent_shape, scale_factors: tuple[int, int, int],
+                tiling: TilingConfig | None, out_channels: int, sharing=None,
+                dtype: mx.Dtype | None = None) -> Iterator[mx.array]:
     """Decode ``decode_fn(latent index tuple) -> (B, out_channels, T, H, W)`` tile by tile and
     yield the blended output in temporal chunks (float32 accumulation, cast back to the
-    tiles' dtype)."""
+    tiles' dtype). ``sharing`` (``distributed.TileSharing``, a tiled decode only): each rank decodes
+    its tiles of a temporal group, ``decode_fn(coords, run=False)`` making just the tile's random
+    draws for the others', then the group's tiles are exchanged; ``dtype``: the decoder's, which the
+    chunks are cast back to then."""
     B, _, F, H, W = latent_shape
     st, sh, sw = scale_factors
     if tiling is None:
@@ -183,7 +187,7 @@ def tiled_apply(decode_fn: Callable[[tuple], mx.array], latent_shape, scale_fact
     T_out, H_out, W_out = (F - 1) * st + 1, H * sh, W * sw
     wt, wh, ww = _axis_weights(t_tiles, T_out), _axis_weights(h_tiles, H_out), _axis_weights(w_tiles, W_out)
     complementary = all(np.allclose(w, 1.0, rtol=0.0, atol=1e-5) for w in (wt, wh, ww))
-    dtype = None
+    index = 0
 
     def finish(buf: np.ndarray, frames: slice) -> mx.array:
         if not complementary:
@@ -194,11 +198,14 @@ def tiled_apply(decode_fn: Callable[[tuple], mx.array], latent_shape, scale_fact
     prev = None  # (buffer, output frame slice)
     for t_in, t_out, t_mask in t_tiles:
         buf = np.zeros((B, out_channels, t_out.stop - t_out.start, H_out, W_out), dtype=np.float32)
-        for (h_in, h_out, h_mask), (w_in, w_out, w_mask) in itertools.product(h_tiles, w_tiles):
-            tile = decode_fn((slice(None), slice(None), t_in, h_in, w_in))
-            dtype = tile.dtype
+        group = list(itertools.product(h_tiles, w_tiles))
+        tiles = ((decode_fn((slice(None), slice(None), t_in, h_in, w_in)) for (h_in, _, _), (w_in, _, _) in group)
+                 if sharing is None else _shared_tiles(decode_fn, t_in, t_out, group, index, sharing, B, out_channels))
+        for ((_, h_out, h_mask), (_, w_out, w_mask)), tile in zip(group, tiles):
+            dtype = tile.dtype if sharing is None else dtype  # an exchanged tile is float32
             mask = t_mask[:, None, None] * h_mask[:, None] * w_mask[None, :]
             buf[:, :, :, h_out, w_out] += np.array(tile.astype(mx.float32)) * mask
+        index += len(group)
         if prev is not None:
             prev_buf, prev_out = prev
             overlap = prev_out.stop - t_out.start
@@ -208,6 +215,22 @@ def tiled_apply(decode_fn: Callable[[tuple], mx.array], latent_shape, scale_fact
             yield finish(prev_buf[:, :, : done.stop - done.start], done)
         prev = (buf, t_out)
     yield finish(prev[0], prev[1])
+
+
+def _shared_tiles(decode_fn, t_in, t_out, group, first: int, sharing, B: int, channels: int):
+    """One temporal group's tiles, this rank's decoded first (evaluated, so the ranks decode at the same
+    time), then every tile exchanged in order."""
+    own = {}
+    for i, ((h_in, _, _), (w_in, _, _)) in enumerate(group):
+        coords = (slice(None), slice(None), t_in, h_in, w_in)
+        if sharing.mine(first + i):
+            own[i] = decode_fn(coords)
+            mx.eval(own[i])
+        else:
+            decode_fn(coords, run=False)
+    for i, ((_, h_out, _), (_, w_out, _)) in enumerate(group):
+        shape = (B, channels, t_out.stop - t_out.start, h_out.stop - h_out.start, w_out.stop - w_out.start)
+        yield sharing.exchange(first + i, own.pop(i, None), shape)
 
 
 def tiled_encode_apply(encode_fn: Callable[[tuple], mx.array], video_shape, scale_factors: tuple[int, int, int],

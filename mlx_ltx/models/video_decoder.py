@@ -198,7 +198,7 @@ class VideoDecoder(nn.Module):
     def iter_tiled_decode(self, latent: mx.array, tiling: vae_tiling.TilingConfig | str | None = "auto", *,
                           timestep=None, noise: NoiseSource | mx.array | None = None,
                           noise_scale: float | None = None, key: mx.array | None = None,
-                          memory_budget: int | None = None) -> Iterator[mx.array]:
+                          memory_budget: int | None = None, sharing=None) -> Iterator[mx.array]:
         """Decode tile by tile, yielding finished (B, 3, T, H, W) chunks in frame order (the
         reference's ``tiled_decode`` generator). ``tiling``: a :class:`vae_tiling.TilingConfig`,
         ``"auto"`` (:func:`vae_tiling.auto_tiling`: the least decoding work whose estimated peak
@@ -213,7 +213,9 @@ class VideoDecoder(nn.Module):
         reference's draws; otherwise, with ``noise=None``, each tile draws a standard normal with
         its own key (``key`` split once per tile in tile order; the global RNG when None).
         ``noise`` an array of the latent's shape is sliced per tile instead (tiled and untiled
-        decodes then see the same noise; not the reference's draws)."""
+        decodes then see the same noise; not the reference's draws).
+        ``sharing`` (``distributed.TileSharing``): the tiles are divided among the ranks
+        (``vae_tiling.tiled_apply``); every rank makes every tile's draws."""
         if noise is not None and not callable(noise) and tuple(noise.shape) != tuple(latent.shape):
             raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(latent.shape)}")
         tile_key = key
@@ -238,12 +240,13 @@ class VideoDecoder(nn.Module):
                 raise ValueError(f"tiling must be a TilingConfig, 'auto' or None; got {tiling!r}")
             tiling = vae_tiling.auto_tiling(self, latent.shape, memory_budget=memory_budget, dtype=self.dtype)
 
-        def decode_tile(coords):
+        def decode_tile(coords, run: bool = True):
             sub = latent[coords]
-            return self(sub, timestep=timestep, noise=tile_noise(coords, tuple(sub.shape)), noise_scale=noise_scale)
+            tile_draw = tile_noise(coords, tuple(sub.shape))  # in tile order on every rank, decoded or not
+            return self(sub, timestep=timestep, noise=tile_draw, noise_scale=noise_scale) if run else None
 
         yield from vae_tiling.tiled_apply(decode_tile, latent.shape, self.video_scale_factors, tiling,
-                                          out_channels=self.out_channels)
+                                          out_channels=self.out_channels, sharing=sharing, dtype=self.dtype)
 
     def tiled_decode(self, latent: mx.array, tiling: vae_tiling.TilingConfig | str | None = "auto",
                      **kwargs) -> mx.array:
