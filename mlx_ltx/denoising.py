@@ -414,7 +414,8 @@ def denoise_loop(model, video_state: LatentState | None, audio_state: LatentStat
                  stepper: EulerDiffusionStep | EulerAncestralDiffusionStep | Res2sDiffusionStep | None = None,
                  on_step: OnStep | None = None) -> tuple[LatentState | None, LatentState | None]:
     """The one loop entry of every pipeline stage: the step type picks the loop (Euler by default).
-    The model's cached RoPE tables and masks are this stage's: dropped when it ends."""
+    The model's cached RoPE tables and masks are this stage's, and so are the sequence-parallel shares of
+    its positions and masks: dropped when it ends."""
     if stepper is None or isinstance(stepper, EulerDiffusionStep):
         loop = euler_denoising_loop
     elif isinstance(stepper, EulerAncestralDiffusionStep):
@@ -427,6 +428,7 @@ def denoise_loop(model, video_state: LatentState | None, audio_state: LatentStat
     try:
         return loop(model, video_state, audio_state, sigmas, denoiser, stepper, on_step)
     finally:
-        cache = getattr(model, "args_cache", None)
-        if cache is not None:
-            cache.clear()
+        parallel = getattr(denoiser, "parallel", None)
+        for cache in (getattr(model, "args_cache", None), parallel and parallel.sequence.cache):
+            if cache is not None:
+                cache.clear()

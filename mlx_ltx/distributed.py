@@ -32,6 +32,7 @@ Ranks started with different model files are refused before any work (:func:`che
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -86,11 +87,13 @@ class ParallelGroup:
 _LAUNCHER_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
-def agree_min(parallel: ParallelGroup, value: int) -> int:
-    """The smallest ``value`` (bytes) of all ranks, in whole MiB: every rank then plans alike (memory mode,
-    parallel mode, decode tiles), which the shared collectives need, within the smallest Mac's memory."""
-    mib = mx.distributed.all_gather(mx.array([value >> 20], dtype=mx.int32), group=parallel.group)
-    return max(int(mib.min().item()), 1) << 20
+def agree_memory(parallel: ParallelGroup, budget: int, low_memory: bool) -> tuple[int, bool]:
+    """The smallest memory budget of all ranks (bytes, in whole MiB) and whether any rank releases its
+    models: with both the same everywhere, every rank plans alike (memory mode, guidance passes per call,
+    parallel mode, decode tiles), which the collectives need to line up, within the smallest Mac."""
+    mine = mx.array([[budget >> 20, int(low_memory)]], dtype=mx.int32)
+    every = mx.distributed.all_gather(mine, group=parallel.group)
+    return max(int(every[:, 0].min().item()), 1) << 20, bool(every[:, 1].max().item())
 
 
 class ParallelPipeline:
@@ -104,10 +107,10 @@ class ParallelPipeline:
 
     @parallel.setter
     def parallel(self, group: ParallelGroup | None) -> None:
-        """Join ``group`` (every rank at once: it exchanges the memory budgets)."""
+        """Join ``group`` (every rank at once: it exchanges the memory policies, :func:`agree_memory`)."""
         self._parallel = group
         if group is not None:
-            self.memory_budget = agree_min(group, self.memory_budget)
+            self.memory_budget, self.low_memory = agree_memory(group, self.memory_budget, self.low_memory)
 
     def request_parallel(self, plan) -> ParallelGroup | None:
         """The group with the mode this request's memory plan (``memory_policy.MemoryPlan``) resolved;
@@ -117,6 +120,18 @@ class ParallelPipeline:
             return None
         mode = plan.parallel if plan is not None and plan.parallel is not None else group.mode
         return group.resolved("guidance" if mode == "auto" else mode)
+
+    def agree_plan(self, plan):
+        """Rank 0's memory plan (``memory_policy.MemoryPlan``) on every rank. The ranks plan with the same
+        budget, but a prediction can still differ (the Gemma files only rank 0 needs), and a different
+        batching or mode would misalign the collectives."""
+        if self._parallel is None:
+            return plan
+        modes, shares = ("eager", "stream"), (None, "guidance", "sequence")
+        mine = [mx.array([modes.index(plan.memory), plan.passes_per_call, shares.index(plan.parallel)],
+                         dtype=mx.int32)] if self.lead else None
+        memory, passes, share = share_from_rank0(self._parallel, mine)[0].tolist()
+        return dataclasses.replace(plan, memory=modes[memory], passes_per_call=passes, parallel=shares[share])
 
     @property
     def lead(self) -> bool:
@@ -138,7 +153,7 @@ def init_parallel(mode: str | None = "auto") -> ParallelGroup | None:
     return ParallelGroup(group, mode or "auto")
 
 
-_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16, "int32": mx.int32}
 
 
 def share_from_rank0(parallel: ParallelGroup, arrays: list[mx.array | None] | None) -> list[mx.array | None]:

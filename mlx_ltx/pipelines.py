@@ -417,7 +417,8 @@ class Pipeline(RequestValidation, PipelineModels, PipelineDecoding, ParallelPipe
                 contexts = self.encode_prompts(prompt, negative_prompt, enhance_prompt, seed)
                 num_frames = self.predict_num_frames(contexts, fps, auto)
                 self.check_request(num_frames, height, width, fps, images, num_inference_steps)
-            plan = plan_memory(self, height, width, num_frames, fps, audio, self.memory, self.preflight)
+            plan = self.agree_plan(plan_memory(self, height, width, num_frames, fps, audio, self.memory,
+                                               self.preflight))
             settings = self.resolved_settings(height, width, num_frames, fps, seed, num_inference_steps,
                                               video_guider_params, audio_guider_params, audio, plan)
             if auto is not None:

@@ -1,14 +1,14 @@
 """One rank of the guidance-parallel tests (tests/test_distributed.py), started by ``mlx.launch``.
 
     mlx.launch -n 2 --backend ring -- python tests/distributed_worker.py run SET OUT MODE PIPELINE...
-    mlx.launch -n 3 --backend ring -- python tests/distributed_worker.py transformer SET OUT
+    mlx.launch -n 4 --backend ring -- python tests/distributed_worker.py transformer SET OUT [SET_25]
     mlx.launch -n 2 --backend ring -- python tests/distributed_worker.py cli [--die-at-step K] -- GENERATE ARGS...
 
 ``run``: each pipeline generates the fixture set's e2e request (its seed, no injected draws) with
 the work shared across the ranks in parallel MODE (guidance / sequence); rank 0 saves the latents,
 frames and waveform to ``OUT/<pipeline>.npz``. ``transformer``: the transformer goldens (per-token
-timesteps, appended guiding tokens under a self-attention mask, the batched STG / modality passes)
-run sequence-parallel; every rank saves its outputs to ``OUT/transformer.rank<R>.npz``. ``cli``: ``python -m mlx_ltx.generate`` with its arguments; a ``--model``
+timesteps, appended guiding tokens under a self-attention mask, the batched STG / modality passes;
+with SET_25, LTX-2.5's with its keyframe marks) run sequence-parallel; every rank saves its outputs to ``OUT/transformer.rank<R>.npz``. ``cli``: ``python -m mlx_ltx.generate`` with its arguments; a ``--model``
 value ``A|B`` gives rank 0 model A and the other ranks B (the mismatch test); ``--die-at-step K``
 makes rank 1 vanish (``os._exit``) when the ranks exchange guidance outputs for the K-th time.
 """
@@ -94,7 +94,7 @@ def count_exchanges() -> dict[str, list]:
     return log
 
 
-def transformer(set_dir: str, out_dir: str) -> int:
+def transformer(set_dir: str, out_dir: str, set_25: str | None = None) -> int:
     import mlx.core as mx
     from reference_data import FixtureSet
     from test_transformer import _dev_passes, _keyframe_call, _tile, golden, model_for, modality
@@ -125,6 +125,17 @@ def transformer(set_dir: str, out_dir: str) -> int:
     a = modality(_tile(al, n), np.repeat(sigma, n), np.full((n, al.shape[1]), sigma[0], np.float32),
                  _tile(gp["audio.positions"], n), ctx["audio"], mx.float32)
     out["passes.video"], out["passes.audio"] = model.denoise(v, a, [p for _, _, p in passes], sp)
+    if set_25 is not None:  # LTX-2.5: the keyframe marks are cut to each rank's share too
+        from mlx_ltx.models.transformer import Modality, load_transformer
+
+        g = FixtureSet(Path(set_25)).golden("transformer")
+        model = load_transformer(set_25, mx.float32)
+        v = Modality(mx.array(g["in.video.latent"]), mx.array(g["in.sigma"]), mx.array(g["in.video.timesteps"]),
+                     mx.array(g["in.video.positions"]), mx.array(g["in.video.context"]),
+                     keyframes_mask=mx.array(g["in.video.keyframes_mask"]))
+        a = Modality(mx.array(g["in.audio.latent"]), mx.array(g["in.sigma"]), mx.array(g["in.audio.timesteps"]),
+                     mx.array(g["in.audio.positions"]), mx.array(g["in.audio.context"]))
+        out["ltx25.video"], out["ltx25.audio"] = model(v, a, None, sp)
     np.savez(Path(out_dir) / f"transformer.rank{RANK}.npz", shares=np.array(shares),
              **{k: np.array(x) for k, x in out.items()})
     return 0

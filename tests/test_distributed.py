@@ -39,6 +39,11 @@ def _set() -> FixtureSet:
     return chosen
 
 
+def _bytes_on_disk(folder: Path) -> int:
+    """A fixture set's size: the smallest set is the cheapest to launch on several ranks."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def _free_port() -> int:
     with socket.socket() as s:  # the ring listens on this port and the next
         s.bind(("127.0.0.1", 0))
@@ -84,11 +89,13 @@ def test_parallel_equals_single_process(tmp_path, mode):
 
 def test_sequence_parallel_transformer(tmp_path):
     """The transformer on four ranks, each with a share of the video tokens (18 tokens: shares of
-    5, 5, 4, 4): the per-token-timestep forward, appended guiding tokens under a self-attention mask
-    and the batched STG / modality passes match the reference's goldens at the f32 tolerance, and
-    every rank returns the same whole-sequence outputs."""
+    5, 5, 4, 4): the per-token-timestep forward, appended guiding tokens under a self-attention mask,
+    the batched STG / modality passes and (with a 2.5 set) LTX-2.5's forward with its keyframe marks
+    match the reference's goldens at the f32 tolerance, and every rank returns the same outputs."""
     fs = _set()
-    r = _launch("transformer", str(fs.path), str(tmp_path), ranks=4)
+    sets_25 = fixture_dirs("2.5")
+    fs25 = FixtureSet25(min(sets_25, key=_bytes_on_disk)) if sets_25 else None
+    r = _launch("transformer", str(fs.path), str(tmp_path), *([str(fs25.path)] if fs25 else []), ranks=4)
     assert "exited with code" not in r.stderr, r.stderr[-3000:]
     ranks = [np.load(tmp_path / f"transformer.rank{i}.npz") for i in range(4)]
     g, gp = fs.golden("transformer"), fs.golden("pipeline")
@@ -103,6 +110,10 @@ def test_sequence_parallel_transformer(tmp_path):
         expected[f"passes.{name}.audio"] = gp[f"dev.step0.audio.{name}"]
         got = dict(got, **{f"passes.{name}.video": ranks[0]["passes.video"][i:i + 1],
                            f"passes.{name}.audio": ranks[0]["passes.audio"][i:i + 1]})
+    if fs25 is not None:
+        g25 = fs25.golden("transformer")
+        assert g25["in.video.keyframes_mask"].any()
+        expected.update({"ltx25.video": g25["out.video"], "ltx25.audio": g25["out.audio"]})
     errors = {k: rel_err(got[k], v) for k, v in expected.items()}
     print(f"\n{fs.path.name}, 4 ranks vs the reference: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     assert max(errors.values()) <= TOL_F32, errors
@@ -143,7 +154,7 @@ def test_diffusion_decode_tiles_divided(tmp_path):
     dirs = [d for d in fixture_dirs("2.5") if "diffusion_vae" in FixtureSet25(d).manifest]
     if not dirs:
         pytest.skip("no LTX-2.5 fixture set with a diffusion video VAE")
-    fs = FixtureSet25(min(dirs, key=lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())))
+    fs = FixtureSet25(min(dirs, key=_bytes_on_disk))
     r = _launch("diffusion-decode", str(fs.path), str(tmp_path))
     assert "exited with code" not in r.stderr, r.stderr[-3000:]
     ranks = [np.load(tmp_path / f"diffusion_decode.rank{i}.npz") for i in range(2)]
@@ -164,14 +175,28 @@ def test_diffusion_decode_tiles_divided(tmp_path):
     assert err <= TOL_LOOP
 
 
-def _cli_args(fs: FixtureSet, out: Path, model: str | None = None) -> list[str]:
+def _cli_args(fs: FixtureSet, out: Path, model: str | None = None, parallel: str = "guidance") -> list[str]:
     meta = fs.manifest["e2e"]
     return ["--model", model or str(fs.checkpoint_path), "--gemma", str(fs.path / fs.manifest["gemma_dir"]),
             "--pipeline", "dev", "--prompt", meta["prompt"], "--height", str(meta["height"]), "--width",
             str(meta["width"]), "--num-frames", str(meta["num_frames"]), "--steps", "3", "--output", str(out),
-            "--dtype", "float32", "--parallel", "guidance",
+            "--dtype", "float32", "--parallel", parallel,
             "--video-stg-blocks", *map(str, meta["guiders"]["dev"]["video"]["stg_blocks"]),
             "--audio-stg-blocks", *map(str, meta["guiders"]["dev"]["audio"]["stg_blocks"])]
+
+
+@pytest.mark.parametrize("parallel", ["sequence", "auto"])
+def test_cli_on_two_ranks(tmp_path, parallel):
+    """``python -m mlx_ltx.generate`` under ``mlx.launch``: one video written, the settings (with the
+    parallel mode the plan chose: auto is guidance when it fits) and the "wrote" line printed once."""
+    fs = _set()
+    out = tmp_path / "clip.mp4"
+    r = _launch("cli", "--", *_cli_args(fs, out, parallel=parallel))
+    assert "exited with code" not in r.stderr, r.stderr[-3000:]
+    expected = "sequence" if parallel == "sequence" else "guidance"
+    assert r.stderr.count(f"parallel  {expected} on 2 ranks") == 1, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1 and out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def test_a_rank_that_dies_ends_the_run(tmp_path):
