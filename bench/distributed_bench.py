@@ -150,15 +150,15 @@ def measured() -> dict:
 def predicted_activation_ratio() -> float:
     """The preflight's stage-1 activations of one rank of two (sequence) ÷ one process's, at PEAK_REQUEST."""
     sys.path.insert(0, str(ROOT / "tests"))
+    import mlx.core as mx
     from reference_data import FixtureSet, fixture_dirs
 
     from mlx_ltx.preflight import predict_peak
 
     fs = next(FixtureSet(d) for d in fixture_dirs() if FixtureSet(d).variant == "tiny")
     r = PEAK_REQUEST
-    act = [predict_peak(fs.checkpoint_path, "dev", r["height"], r["width"], r["num_frames"], dtype=__import__(
-        "mlx.core", fromlist=["float32"]).float32, ranks=n, parallel="sequence").phases["stage1"].activations
-        for n in (1, 2)]
+    act = [predict_peak(fs.checkpoint_path, "dev", r["height"], r["width"], r["num_frames"], dtype=mx.float32,
+                        ranks=n, parallel="sequence").phases["stage1"].activations for n in (1, 2)]
     return act[1] / act[0]
 
 

@@ -10,7 +10,8 @@ frames and waveform to ``OUT/<pipeline>.npz``. ``transformer``: the transformer 
 timesteps, appended guiding tokens under a self-attention mask, the batched STG / modality passes;
 with SET_25, LTX-2.5's with its keyframe marks) run sequence-parallel; every rank saves its outputs to ``OUT/transformer.rank<R>.npz``. ``cli``: ``python -m mlx_ltx.generate`` with its arguments; a ``--model``
 value ``A|B`` gives rank 0 model A and the other ranks B (the mismatch test); ``--die-at-step K``
-makes rank 1 vanish (``os._exit``) when the ranks exchange guidance outputs for the K-th time.
+makes rank 1 vanish (``os._exit``) at the K-th exchange of the denoising (guidance outputs or
+sequence-parallel gathers).
 """
 
 from __future__ import annotations
@@ -185,15 +186,20 @@ def cli(argv: list[str]) -> int:
         a, b = argv[i].split("|")
         argv[i] = a if RANK == 0 else b
     if die_at is not None:
-        real, calls = distributed.share_pass_outputs, [0]
+        from mlx_ltx.models import sequence_parallel
 
-        def share(*args, **kwargs):
-            calls[0] += 1
-            if RANK == 1 and calls[0] == die_at:
-                os._exit(3)  # a rank that vanishes mid-run (killed, crashed, unplugged)
-            return real(*args, **kwargs)
+        calls = [0]
 
-        distributed.share_pass_outputs = share
+        def dying(real):
+            def exchange(*args, **kwargs):
+                calls[0] += 1
+                if RANK == 1 and calls[0] == die_at:
+                    os._exit(3)  # a rank that vanishes mid-run (killed, crashed, unplugged)
+                return real(*args, **kwargs)
+            return exchange
+
+        distributed.share_pass_outputs = dying(distributed.share_pass_outputs)
+        sequence_parallel.SequenceShards.gather = dying(sequence_parallel.SequenceShards.gather)
     return main(argv)
 
 

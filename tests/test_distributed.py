@@ -199,12 +199,14 @@ def test_cli_on_two_ranks(tmp_path, parallel):
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
-def test_a_rank_that_dies_ends_the_run(tmp_path):
-    """Rank 1 vanishes at the second guidance exchange: rank 0 ends with one message naming the
-    cause, and no output (nor a temporary one) is left."""
+@pytest.mark.parametrize("parallel", ["guidance", "sequence"])
+def test_a_rank_that_dies_ends_the_run(tmp_path, parallel):
+    """Rank 1 vanishes at the second exchange of the denoising (guidance outputs, or K/V inside a
+    sequence-parallel forward): rank 0 ends with one message naming the cause, and no output (nor a
+    temporary one) is left."""
     fs = _set()
     out = tmp_path / "clip.mp4"
-    r = _launch("cli", "--die-at-step", "2", "--", *_cli_args(fs, out))
+    r = _launch("cli", "--die-at-step", "2", "--", *_cli_args(fs, out, parallel=parallel))
     assert "rank 1 exited with code 3" in r.stderr, r.stderr[-3000:]
     assert "rank 0: another rank of this run stopped or became unreachable" in r.stderr, r.stderr[-3000:]
     assert r.stderr.count("error:") == 1
