@@ -33,14 +33,34 @@ def smallest_decode_tiles(pipe) -> None:
     pipe.decode_budget = lambda: 1
 
 
+def open_set(set_dir: str | Path):
+    """The fixture set at ``set_dir`` (an LTX-2.3 or LTX-2.5 one)."""
+    from reference_data import FixtureSet, FixtureSet25, fixture_dirs
+
+    path = Path(set_dir).resolve()
+    return FixtureSet25(path) if path in [d.resolve() for d in fixture_dirs("2.5")] else FixtureSet(path)
+
+
+def make_any_pipeline(fs, name: str):
+    """The e2e tests' pipeline for ``name`` on ``fs``, whichever generation the set is."""
+    from reference_data import FixtureSet25
+
+    if isinstance(fs, FixtureSet25):
+        from test_e2e_25 import make_pipeline
+
+        return make_pipeline(fs, name)
+    from test_e2e import make_pipeline
+
+    return make_pipeline(fs, name, fs.manifest["e2e"])
+
+
 def run(set_dir: str, out_dir: str, mode: str, names: list[str]) -> int:
     import mlx.core as mx
-    from reference_data import FixtureSet
-    from test_e2e import make_pipeline, request
+    from test_e2e import request
 
     from mlx_ltx.distributed import check_same_model, init_parallel
 
-    fs = FixtureSet(Path(set_dir))
+    fs = open_set(set_dir)
     meta = fs.manifest["e2e"]
     parallel = init_parallel(mode)
     assert parallel is not None and parallel.size >= 2, "launch with mlx.launch -n 2"
@@ -48,15 +68,15 @@ def run(set_dir: str, out_dir: str, mode: str, names: list[str]) -> int:
         log = count_exchanges()
         tiled = name.endswith("+tiles")  # "<pipeline>+tiles": decoded in its smallest tiles, divided among the ranks
         name = name.removesuffix("+tiles")
-        pipe = make_pipeline(fs, name, meta)
+        pipe = make_any_pipeline(fs, name)
         if tiled:
             smallest_decode_tiles(pipe)
         check_same_model(parallel, pipe.checkpoint)
         pipe.parallel = parallel
         result = pipe.generate(meta["prompt"], **request(fs, name, meta))
         if parallel.rank == 0:
-            np.savez(Path(out_dir) / f"{name}{'+tiles' if tiled else ''}.npz", video_latent=np.array(result.video_latent.astype(mx.float32)),
-                     audio_latent=np.array(result.audio_latent.astype(mx.float32)), frames=result.frames,
+            np.savez(Path(out_dir) / f"{name}{'+tiles' if tiled else ''}.npz",
+                     video_latent=np.array(result.video_latent.astype(mx.float32)), audio_latent=np.array(result.audio_latent.astype(mx.float32)), frames=result.frames,
                      audio=result.audio, tokens=np.array(log["tokens"]).reshape(-1, 2),
                      passes=np.array(log["passes"]).reshape(-1, 2), tiles=np.array(log["tiles"]).reshape(-1, 2))
         else:
