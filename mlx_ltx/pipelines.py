@@ -65,7 +65,7 @@ from .validation import (
 
 @dataclass(frozen=True)
 class GenerationResult:
-    frames: np.ndarray            # uint8 [F, H, W, 3]
+    frames: np.ndarray | None     # uint8 [F, H, W, 3]; None without video (t2a) and on ranks other than 0
     audio: np.ndarray | None      # float32 [2, S], exactly F / fps seconds
     sample_rate: int | None
     fps: float

@@ -356,7 +356,9 @@ class LTXModel(nn.Module):
                 raise ValueError(f"perturbations cover {perturbations.batch_size} samples x {perturbations.keep.shape[1]}"
                                  f" blocks; the call has {batch} samples x {self.num_blocks} blocks")
         batch = (video_args or audio_args).x.shape[0]
-        every = self.eval_interval(_tokens(video_args), _tokens(audio_args), batch)
+        # sharded: every rank evaluates at the same blocks (the largest share's cadence)
+        video_tokens = _tokens(video_args) if shards is None else max(shards.counts)
+        every = self.eval_interval(video_tokens, _tokens(audio_args), batch)
         for i, block in enumerate(self.transformer_blocks):
             if video_args is not None:
                 video_args = with_block_perturbations(video_args, perturbations, i,
