@@ -46,6 +46,12 @@ from .models.sequence_parallel import SequenceParallel
 PARALLEL_MODES = ("guidance", "sequence", "auto")
 
 
+def splits_passes(mode: str, passes: int, ranks: int) -> bool:
+    """The rule (which the preflight predicts with): a step is shared out by whole passes unless the
+    mode is "sequence" or there are fewer passes than ranks; otherwise every pass is split by tokens."""
+    return mode != "sequence" and passes >= ranks
+
+
 @dataclass(frozen=True)
 class ParallelGroup:
     """The ranks of one generation and how they share the work (``mode`` "auto" is resolved per
@@ -62,7 +68,7 @@ class ParallelGroup:
 
     def splits_passes(self, passes: int) -> bool:
         """Whether a step of ``passes`` guidance passes is shared out by passes (else by tokens)."""
-        return self.mode != "sequence" and passes >= self.size
+        return splits_passes(self.mode, passes, self.size)
 
     def resolved(self, mode: str) -> ParallelGroup:
         return self if mode == self.mode else ParallelGroup(self.group, mode)
@@ -241,6 +247,19 @@ class TileSharing:
 
     def mine(self, index: int) -> bool:
         return self.parallel.mine(index)
+
+    def group(self, first: int, count: int, decode, shape):
+        """Tiles ``first .. first + count`` (one temporal group) in order on every rank: this rank's
+        decoded first (``decode(i, True)``, evaluated, so the ranks decode at the same time), the
+        others' only drawn for (``decode(i, False)``), then each exchanged with its ``shape(i)``."""
+        own = {}
+        for i in range(count):
+            run = self.mine(first + i)
+            own[i] = decode(i, run)
+            if run:
+                mx.eval(own[i])
+        for i in range(count):
+            yield self.exchange(first + i, own.pop(i), shape(i))
 
     def exchange(self, index: int, tile: mx.array | None, shape: tuple[int, ...]) -> mx.array:
         """Tile ``index`` on every rank, in float32 (what the blending reads; exact from bf16 too):

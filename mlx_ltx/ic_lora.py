@@ -104,13 +104,8 @@ def _check_controls(pipeline, request, num_frames: int) -> list[tuple[str, float
         path, strength = _video_and_strength(item, f"{arg}[{i}]", "control video")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"control video not found: {path} ({arg})")
-        frames = probe_video(path).frames
-        if frames < num_frames:
-            k = (frames - 1) // 8
-            hint = f" (8k+1: {8 * k + 1})" if frames >= 1 else ""
-            raise MediaError(f"control video {path} ({arg}) has {frames} frames, shorter than the {num_frames} "
-                             f"requested ({n('num_frames')}): the IC-LoRA reads one control frame per output frame; "
-                             f"use a longer control video or {n('num_frames')} ≤ {frames}{hint}")
+        _check_length("control video", path, arg, probe_video(path).frames, num_frames, n("num_frames"), "",
+                      "the IC-LoRA reads one control frame per output frame")
         out.append((path, float(strength)))
     return out
 
@@ -149,13 +144,20 @@ def _check_mask(pipeline, request, num_frames: int) -> tuple[str, float] | None:
         frames = probe_video(path).frames
     except MediaError as e:  # ffmpeg cannot read it
         raise MediaError(f"mask video ({arg}): {e}") from None
-    if frames < num_frames:
-        k = (frames - 1) // 8
-        hint = f" (8k+1: {8 * k + 1})" if frames >= 1 else ""
-        raise MediaError(f"mask video {path} ({arg}) has {frames} frames, shorter than the {num_frames} requested "
-                         f"({n('num_frames')}) that the control video is read for: the mask weighs every control "
-                         f"frame; use a longer mask video or {n('num_frames')} ≤ {frames}{hint}")
+    _check_length("mask video", path, arg, frames, num_frames, n("num_frames"), " that the control video is read for",
+                  "the mask weighs every control frame")
     return path, float(strength)
+
+
+def _check_length(what: str, path: str, arg: str, frames: int, num_frames: int, frames_arg: str, requested: str,
+                  why: str) -> None:
+    """A ``what`` video of ``frames`` frames read for ``num_frames`` output frames, or an error naming the
+    longest valid request (8k+1) it can serve."""
+    if frames >= num_frames:
+        return
+    hint = f" (8k+1: {8 * ((frames - 1) // 8) + 1})" if frames >= 1 else ""
+    raise MediaError(f"{what} {path} ({arg}) has {frames} frames, shorter than the {num_frames} requested "
+                     f"({frames_arg}){requested}: {why}; use a longer {what} or {frames_arg} ≤ {frames}{hint}")
 
 
 def check_ic_lora_request(pipeline, request, num_frames: int, height: int, width: int):

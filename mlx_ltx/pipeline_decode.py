@@ -48,6 +48,9 @@ class PipelineDecoding:
             decoder = DiffusionVideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
             if tiling == "auto":
                 tiling = decoder.plan_tiling(latent.shape, self.decode_budget())
+
+            def start(sharing):
+                return decoder.iter_decode(latent, noise, tiling, self.diffvae_border, key, sharing)
         else:
             from .models.video_decoder import VideoDecoder
             from .models.vae_tiling import auto_tiling
@@ -55,19 +58,19 @@ class PipelineDecoding:
             decoder = VideoDecoder.from_checkpoint(self.checkpoint, dtype=self.dtype)
             if tiling == "auto":
                 tiling = auto_tiling(decoder, latent.shape, memory_budget=self.decode_budget(), dtype=decoder.dtype)
+
+            def start(sharing):
+                return decoder.iter_tiled_decode(latent, tiling, key=key, noise=noise, sharing=sharing)
         if tiling is None and sharing is not None:  # one tile: nothing to divide
             if not self.lead:
                 return
             sharing = None
-        if self.kind.video_decoder == "diffusion":
-            chunks = decoder.iter_decode(latent, noise, tiling, self.diffvae_border, key, sharing)
-        else:
-            chunks = decoder.iter_tiled_decode(latent, tiling, key=key, noise=noise, sharing=sharing)
+        chunks = start(sharing)
         try:
             for chunk in chunks:
                 yield video_to_unit(chunk)
         finally:
-            del decoder, chunks
+            del decoder, chunks, start  # start holds the decoder too
             release_memory()
 
     def decode_video(self, latent: mx.array, key: mx.array | None = None, noise=None) -> np.ndarray | None:

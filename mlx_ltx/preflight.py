@@ -334,6 +334,7 @@ def predict_peak(checkpoint: Checkpoint | str, pipeline: str, height: int, width
 
 
 def _predict(req: MemoryRequest) -> MemoryPrediction:
+    from .distributed import splits_passes
     from .latent_tools import AudioLatentShape, VideoLatentShape
     from .pipeline_stages import PIPELINES, DenoiserKind
 
@@ -391,7 +392,7 @@ def _predict(req: MemoryRequest) -> MemoryPrediction:
                                                 req.width // stage.size_divisor, cfg.vae.latent_channels, sf)
         passes = 1 if stage.denoiser is DenoiserKind.SIMPLE else 4
         batch = max(1, min(passes, req.passes_per_call))
-        split_passes = req.ranks > 1 and req.parallel != "sequence" and passes >= req.ranks
+        split_passes = req.ranks > 1 and splits_passes(req.parallel, passes, req.ranks)
         if split_passes:  # each rank runs its share of the passes, whole
             batch = min(batch, -(-passes // req.ranks))
         act = transformer_activation_bytes(tc, lat.token_count(), audio_tokens, L, batch, dt, req.cpu,

@@ -411,8 +411,9 @@ class DiffusionVideoDecoder(nn.Module):
         for group in group_by_frames(tiles):
             g0, g1 = group[0].out[0].start, group[0].out[0].stop
             buf = np.zeros((B, self.out_channels, g1 - g0, *work_shape[3:]), dtype=acc)
-            outs = (map(tile_pixels, group) if sharing is None or len(tiles) == 1
-                    else self._shared_tiles(tile_pixels, group, first, sharing, B))
+            outs = (map(tile_pixels, group) if sharing is None or len(tiles) == 1 else
+                    sharing.group(first, len(group), lambda i, run: tile_pixels(group[i], run),
+                                  lambda i: (B, *(s.stop - s.start for s in group[i].out), self.out_channels)))
             first += len(group)
             for tile, out in zip(group, outs):
                 px = np.array(out.astype(mx.float32)).astype(acc).astype(np.float32).transpose(0, 4, 1, 2, 3)
@@ -432,19 +433,6 @@ class DiffusionVideoDecoder(nn.Module):
         chunk = emit(*prev)
         if chunk is not None:
             yield chunk
-
-    def _shared_tiles(self, tile_pixels, group, first: int, sharing, B: int):
-        """A temporal group's tiles divided among the ranks (``distributed.TileSharing``): this rank's
-        decoded first, every tile's draw made in order, then the tiles exchanged in order."""
-        own = {}
-        for i, tile in enumerate(group):
-            mine = sharing.mine(first + i)
-            own[i] = tile_pixels(tile, run=mine)
-            if mine:
-                mx.eval(own[i])
-        for i, tile in enumerate(group):
-            shape = (B, *(s.stop - s.start for s in tile.out), self.out_channels)
-            yield sharing.exchange(first + i, own.pop(i), shape)
 
     def decode_raw(self, latent: mx.array, noise=None, tiling: TilingConfig | None = None,
                    border: str = "chunked_eager", key: mx.array | None = None) -> mx.array:

@@ -199,8 +199,11 @@ def tiled_apply(decode_fn: Callable[..., mx.array | None], latent_shape, scale_f
     for t_in, t_out, t_mask in t_tiles:
         buf = np.zeros((B, out_channels, t_out.stop - t_out.start, H_out, W_out), dtype=np.float32)
         group = list(itertools.product(h_tiles, w_tiles))
-        tiles = ((decode_fn((slice(None), slice(None), t_in, h_in, w_in)) for (h_in, _, _), (w_in, _, _) in group)
-                 if sharing is None else _shared_tiles(decode_fn, t_in, t_out, group, index, sharing, B, out_channels))
+        coords = [(slice(None), slice(None), t_in, h_in, w_in) for (h_in, _, _), (w_in, _, _) in group]
+        sizes = [(t_out.stop - t_out.start, h.stop - h.start, w.stop - w.start) for (_, h, _), (_, w, _) in group]
+        tiles = (map(decode_fn, coords) if sharing is None else
+                 sharing.group(index, len(group), lambda i, run: decode_fn(coords[i], run=run),
+                               lambda i: (B, out_channels, *sizes[i])))
         for ((_, h_out, h_mask), (_, w_out, w_mask)), tile in zip(group, tiles):
             dtype = tile.dtype if sharing is None else dtype  # an exchanged tile is float32
             mask = t_mask[:, None, None] * h_mask[:, None] * w_mask[None, :]
@@ -215,22 +218,6 @@ def tiled_apply(decode_fn: Callable[..., mx.array | None], latent_shape, scale_f
             yield finish(prev_buf[:, :, : done.stop - done.start], done)
         prev = (buf, t_out)
     yield finish(prev[0], prev[1])
-
-
-def _shared_tiles(decode_fn, t_in, t_out, group, first: int, sharing, B: int, channels: int):
-    """One temporal group's tiles, this rank's decoded first (evaluated, so the ranks decode at the same
-    time), then every tile exchanged in order."""
-    own = {}
-    for i, ((h_in, _, _), (w_in, _, _)) in enumerate(group):
-        coords = (slice(None), slice(None), t_in, h_in, w_in)
-        if sharing.mine(first + i):
-            own[i] = decode_fn(coords)
-            mx.eval(own[i])
-        else:
-            decode_fn(coords, run=False)
-    for i, ((_, h_out, _), (_, w_out, _)) in enumerate(group):
-        shape = (B, channels, t_out.stop - t_out.start, h_out.stop - h_out.start, w_out.stop - w_out.start)
-        yield sharing.exchange(first + i, own.pop(i, None), shape)
 
 
 def tiled_encode_apply(encode_fn: Callable[[tuple], mx.array], video_shape, scale_factors: tuple[int, int, int],
